@@ -1,0 +1,63 @@
+"""The growing task pool: human seeds plus accepted machine tasks, and their ROUGE-L index.
+
+Machine tasks are persisted to `pool.jsonl` (append-only, flushed every round); on resume
+the pool and its index are rebuilt from that file, so the file is the single source of truth.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from .jsonl import JsonlAppender, read_jsonl, repair_tail
+from .records import Task
+from .similarity import RougeLIndex
+
+log = logging.getLogger(__name__)
+
+
+class TaskPool:
+    def __init__(self, seeds: Sequence[Task], path: Path | None = None, index: RougeLIndex | None = None):
+        if not seeds:
+            raise ValueError("the seed task pool is empty: point seed_tasks at at least one task file")
+        self.seeds = list(seeds)
+        self.machine: list[Task] = []
+        self.index = index if index is not None else RougeLIndex()
+        self.index.extend(t.instruction for t in self.seeds)
+        self.path = path
+        self._out: JsonlAppender | None = None
+        if path is not None:
+            repair_tail(path)
+            loaded = [Task.from_dict(d) for d in read_jsonl(path)]
+            self.machine.extend(loaded)
+            self.index.extend(t.instruction for t in loaded)
+            if loaded:
+                log.info("resumed %d machine tasks from %s", len(loaded), path)
+            self._out = JsonlAppender(path)
+
+    def __len__(self) -> int:
+        return len(self.seeds) + len(self.machine)
+
+    @property
+    def machine_count(self) -> int:
+        return len(self.machine)
+
+    def next_id(self) -> str:
+        return f"machine_task_{len(self.machine)}"
+
+    def add(self, task: Task) -> None:
+        """Accept a task: it joins the index at once (later candidates of the same batch are
+        compared against it) and its line is written; durable at the next `flush()`."""
+        self.machine.append(task)
+        self.index.add(task.instruction)
+        if self._out is not None:
+            self._out.write(task.to_dict())
+
+    def flush(self) -> None:
+        if self._out is not None:
+            self._out.flush()
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
