@@ -55,8 +55,18 @@ class GenerationConfig:
     requests_per_round: int = opt(8, "Requests per round; the pool, rejects and stats are flushed every round.",
                                   resume_safe=True)
     max_requests: int = opt(0, "Stop after this many LM requests in total (0: no limit).", resume_safe=True)
-    seed: int = opt(42, "Seed of the run's one random generator (prompt sampling, local decoding).")
+    seed: int = opt(42, "Seed: each request samples its prompt with a generator seeded from (seed, request id), "
+                    "so a resumed run samples as an uninterrupted one; local decoding is seeded too.")
     instances_per_task: int = opt(5, "self_instruct method: the most instances kept per task (paper: 5).")
+    classification_prompt_share: float = opt(
+        0.0, "self_instruct method: share of instruction requests that use the classification-only prompt "
+        "(classification seeds as examples, asks for classification tasks).")
+    classify_examples: int = opt(
+        12, "self_instruct method: labelled seed tasks (half Yes, half No) in the classification prompt.")
+    instance_examples: int = opt(3, "self_instruct method: seed tasks with their instances shown per instance prompt.")
+    instance_temperature: float = opt(
+        0.0, "self_instruct method: sampling temperature for instances (paper: 0, greedy); top_p is sampling.top_p.")
+    instance_max_new_tokens: int = opt(300, "self_instruct method: token limit per instance reply (paper: 300).")
 
 
 @dataclass
@@ -103,6 +113,10 @@ class RemoteConfig:
                              resume_safe=True)
     price_per_1m_prompt_tokens: float = opt(0, "Price of 1M prompt tokens, for the cost budget.", resume_safe=True)
     price_per_1m_completion_tokens: float = opt(0, "Price of 1M completion tokens.", resume_safe=True)
+    backoff_s: float = opt(1.0, "First retry's back-off in seconds; doubles per attempt, plus up to as much "
+                           "random jitter. A server's Retry-After overrides it.", resume_safe=True)
+    backoff_max_s: float = opt(60.0, "Longest back-off (and longest Retry-After honoured), in seconds.",
+                               resume_safe=True)
 
 
 @dataclass
@@ -115,7 +129,10 @@ class BackendConfig:
     threads: int = opt(0, "transformers: torch CPU threads (0: torch's default).", resume_safe=True)
     dtype: Literal["float32", "bfloat16", "float16"] = opt("float32", "transformers: weight dtype.")
     device: str = opt("auto", "transformers: 'auto', 'cpu', 'cuda', 'cuda:1', ...", resume_safe=True)
-    replies: str = opt("", "scripted: JSONL file of {text, finish_reason} replies to replay.")
+    replies: str = opt("", "scripted: JSONL file of {text, finish_reason} replies to replay (a record with "
+                       "request_id answers that request, so a resumed run continues the script).")
+    delay_s: float = opt(0.0, "scripted: seconds each reply takes (tests use it to interrupt a run part way).",
+                         resume_safe=True)
     openai: RemoteConfig = opt(None, "Remote backend settings.", factory=RemoteConfig)
 
 

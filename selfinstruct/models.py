@@ -130,17 +130,12 @@ def dequantized_dir(gguf: str | Path) -> Path:
     t0 = time.perf_counter()
     model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    # GGUF loading leaves a quantisation marker on the model although its weights are plain
-    # tensors now; drop it so the cached copy is an ordinary model (Trainer refuses "quantized" ones).
-    for obj in (model, model.config):
-        for attr in ("is_quantized", "quantization_method", "hf_quantizer"):
-            if hasattr(obj, attr) and attr != "quantization_method":
-                try:
-                    setattr(obj, attr, False if attr == "is_quantized" else None)
-                except AttributeError:
-                    pass
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    # GGUF loading marks the model as quantized (hf_quantizer, config.quantization_config)
+    # although its weights are plain tensors now. Drop the marks so the cached copy is an
+    # ordinary model: Trainer refuses to train "quantized" ones.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.config.__dict__.pop("quantization_config", None)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
