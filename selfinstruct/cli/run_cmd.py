@@ -79,9 +79,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"stopped early: {boot.stop.reason}; run the same command to continue")
             return 0
         from ..export import export_run
+        from ..report import build_report, write_report
 
         for path in export_run(run_dir.path, cfg.export):
             print(f"exported: {path}")
+        print(f"report: {write_report(build_report(run_dir.path))}")
         if cfg.finetune is not None and not args.no_finetune:
             from ..finetune import finetune_from_pipeline
 
