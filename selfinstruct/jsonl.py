@@ -58,17 +58,26 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 class JsonlAppender:
-    """Buffered appends; `flush()` makes them durable (called once per round)."""
+    """Buffered appends; `flush()` makes them durable (called once per round).
+
+    Records wait in memory until `flush()`, which writes them in one piece: a file
+    object's own buffer would spill every 8 KB, leaving part of a round (and a torn
+    line) on disk while the stats that say where the round started are not yet written.
+    """
 
     def __init__(self, path: Path):
         self.path = path
         repair_tail(path)
         self._f = path.open("a", encoding="utf-8")
+        self._pending: list[str] = []
 
     def write(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._pending.append(json.dumps(record, ensure_ascii=False) + "\n")
 
     def flush(self) -> None:
+        if self._pending:
+            self._f.write("".join(self._pending))
+            self._pending.clear()
         self._f.flush()
         os.fsync(self._f.fileno())
 

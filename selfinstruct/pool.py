@@ -28,8 +28,10 @@ class TaskPool:
         self.path = path
         self._out: JsonlAppender | None = None
         if path is not None:
-            repair_tail(path)
+            torn = repair_tail(path)
             loaded = [Task.from_dict(d) for d in read_jsonl(path)]
+            if torn and loaded:
+                loaded = _drop_partial_request(path, loaded)
             self.machine.extend(loaded)
             self.index.extend(t.instruction for t in loaded)
             if loaded:
@@ -61,3 +63,26 @@ class TaskPool:
     def close(self) -> None:
         if self._out is not None:
             self._out.close()
+
+
+def _drop_partial_request(path: Path, loaded: list[Task]) -> list[Task]:
+    """A torn last line may be one of several tasks from one reply, whose other tasks went
+    to disk in the same interrupted write. Cut them too, so that request is made again
+    whole (resuming starts after the pool's last request id) rather than half kept."""
+    rid = loaded[-1].meta.get("request_id")
+    if rid is None:
+        return loaded
+    keep = len(loaded)
+    while keep and loaded[keep - 1].meta.get("request_id") == rid:
+        keep -= 1
+    offset = seen = 0
+    with path.open("rb+") as f:
+        for line in f:
+            if seen == keep:
+                break
+            offset += len(line)
+            seen += bool(line.strip())
+        f.truncate(offset)
+    log.warning("%s: also removed %d task(s) of request %s written with the torn line; it will be made again",
+                path, len(loaded) - keep, rid)
+    return loaded[:keep]

@@ -12,7 +12,7 @@ __all__ = ["BackendError", "GenerationParams", "LMBackend", "Prompt", "Reply", "
 def make_backend(cfg) -> LMBackend:
     """Build the backend a `BackendConfig` names."""
     if cfg.kind == "scripted":
-        return ScriptedBackend(cfg.replies)
+        return ScriptedBackend(cfg.replies, delay_s=cfg.delay_s)
     if cfg.kind == "transformers":
         from .transformers_local import TransformersBackend
 

@@ -2,11 +2,18 @@
 
 Replies come from a list (cycled), a JSONL file of {"text", "finish_reason"} records, or a
 callable `(request) -> str | Reply` that can make replies depend on the prompt.
+
+A file's records may name the request they answer ({"request_id": 7, "text": ...}); then
+request 7 gets that reply whatever the order of calls, so a resumed run continues the
+script where the interrupted one stopped (a request the script does not answer gets an
+error reply). `delay_s` makes every reply take that long: tests use it to kill a run
+part way.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -16,18 +23,25 @@ from .base import GenerationParams, Reply, Request
 class ScriptedBackend:
     name = "scripted"
 
-    def __init__(self, replies: list[str | Reply] | Callable[[Request], str | Reply] | str | Path):
+    def __init__(self, replies: list[str | Reply] | Callable[[Request], str | Reply] | str | Path,
+                 delay_s: float = 0.0):
+        self._by_request: dict[int, Reply] | None = None
         if isinstance(replies, (str, Path)):
-            with Path(replies).open(encoding="utf-8") as f:
-                replies = [Reply(**json.loads(line)) for line in f if line.strip()]
-        if not callable(replies) and not replies:
+            replies, self._by_request = _read_script(Path(replies))
+        if not callable(replies) and not replies and not self._by_request:
             raise ValueError("ScriptedBackend needs at least one reply")
         self._replies = replies
+        self.delay_s = delay_s
         self.calls = 0
         self.prompts: list[Request] = []
 
     def _reply_for(self, request: Request) -> Reply:
-        if callable(self._replies):
+        if self.delay_s > 0:
+            time.sleep(self.delay_s)
+        if self._by_request is not None:
+            r = self._by_request.get(request.id) or Reply(
+                "", "error", error=f"the script has no reply for request {request.id}")
+        elif callable(self._replies):
             r = self._replies(request)
         else:
             r = self._replies[self.calls % len(self._replies)]
@@ -43,3 +57,27 @@ class ScriptedBackend:
 
     def close(self) -> None:
         pass
+
+
+def _read_script(path: Path) -> tuple[list[Reply], dict[int, Reply] | None]:
+    """Read a replies file: a list to cycle, or (when records carry request_id) a map."""
+    replies: list[Reply] = []
+    keyed: dict[int, Reply] = {}
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                rid = rec.pop("request_id", None)
+                reply = Reply(**rec)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"{path}:{lineno}: not a reply record {{text, finish_reason, request_id?}} "
+                                 f"({e})") from e
+            if rid is None:
+                replies.append(reply)
+            else:
+                keyed[int(rid)] = reply
+    if keyed and replies:
+        raise ValueError(f"{path}: either every record names its request_id or none does")
+    return replies, keyed or None
