@@ -19,8 +19,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+class _RunLogHandler(logging.FileHandler):
+    """The run directory's run.log; one at a time, so runs in one process (tests, notebooks)
+    do not write into each other's logs."""
+
+
 def attach_run_log(path: Path) -> logging.Handler:
-    handler = logging.FileHandler(path, encoding="utf-8")
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _RunLogHandler)]:
+        root.removeHandler(old)
+        old.close()
+    handler = _RunLogHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     return handler
