@@ -173,6 +173,8 @@ class Bootstrapper:
         s.rounds += 1
         s.elapsed_s += time.perf_counter() - started
         s.next_request_id = max(s.next_request_id, self._processed_max + 1)
+        if callable(getattr(self.backend, "annotate_stats", None)):  # e.g. a remote backend's retries, cost
+            self.backend.annotate_stats(s)
         self.pool.flush()  # tasks become durable first; stats may lag them, never lead
         if self.rejects is not None:
             self.rejects.flush()
