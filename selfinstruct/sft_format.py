@@ -39,6 +39,12 @@ class PromptFormat:
             return cls("alpaca")
         return cls("chat", template)
 
+    @property
+    def add_special_tokens(self) -> bool:
+        """What to pass as `tokenizer(prompt, add_special_tokens=...)`, at training and at inference alike:
+        a chat template writes its own special tokens; the Alpaca text gets the tokenizer's BOS."""
+        return self.kind == "alpaca"
+
     def user_text(self, instruction: str, input: str = "") -> str:
         return f"{instruction.strip()}\n\n{input.strip()}" if input.strip() else instruction.strip()
 
