@@ -154,9 +154,13 @@ def _loading(f: CardFacts) -> str:
         files = ", ".join(f'"{s}": "{p}"' for s, p in parquet.items())
         blocks.append(f'from datasets import load_dataset\n\nds = load_dataset("parquet", data_files={{{files}}})')
     if "jsonl" in f.files:
-        blocks.append(f'from datasets import load_dataset\n\nds = load_dataset("json", data_files="{f.files["jsonl"]}")'
-                      f'\n# or, without datasets:\nimport pandas as pd\n\ndf = pd.read_json("{f.files["jsonl"]}", '
-                      'lines=True)')
+        json_files = {"train": f.files["jsonl"], **{k.split(":", 1)[1]: v for k, v in f.files.items()
+                                                    if k.startswith("jsonl:")}}
+        files = ", ".join(f'"{s}": "{p}"' for s, p in json_files.items())
+        reader = "pd.read_json" + ("(path, lines=True)" if f.files["jsonl"].endswith(".jsonl") else "(path)")
+        blocks.append(f'from datasets import load_dataset\n\nds = load_dataset("json", data_files={{{files}}})'
+                      f'\n# or, without datasets:\nimport pandas as pd\n\npath = "{f.files["jsonl"]}"\n'
+                      f'df = {reader}')
     if f.hub_repo:
         blocks.insert(0, f'from datasets import load_dataset\n\nds = load_dataset("{f.hub_repo}")')
     if not blocks:

@@ -110,9 +110,10 @@ class Decontaminator:
             item = self._ngrams.get(g)
             if item is not None:
                 return {"reason": EVAL_NGRAM, "eval_instruction": self._index.text(item), "ngram": " ".join(g)}
-        s = self._index.screen(instruction, k=1)
-        if s.exceeded:
-            item, score = s.top[0]
+        # The yes/no question stops at the first item over the threshold; only a hit pays
+        # for finding the best match to report.
+        if self._index.exceeds(instruction):
+            item, score = self._index.max_score(instruction)
             return {"reason": EVAL_ROUGE, "eval_instruction": self._index.text(item), "score": round(score, 6)}
         return None
 
@@ -160,9 +161,8 @@ def clean(tasks: list[Task], decontaminator: Decontaminator | None = None, dedup
                 if key in seen:
                     drop(EXACT_DUPLICATE, t, input=inst.input, duplicate_of=seen[key])
                     continue
-                s = index.screen(text, k=1)
-                if s.exceeded:
-                    item, score = s.top[0]
+                if index.exceeds(text):
+                    item, score = index.max_score(text)
                     drop(NEAR_DUPLICATE, t, input=inst.input, duplicate_of=owners[item], score=round(score, 6))
                     continue
                 seen[key] = t.id
@@ -170,8 +170,9 @@ def clean(tasks: list[Task], decontaminator: Decontaminator | None = None, dedup
                 texts.append(text)
             # A task's own instances share its instruction, so they always look alike; they
             # join the index only after the task, so near duplicates are sought across tasks.
-            index.extend(texts)
-            owners.extend([t.id] * len(texts))
+            for text in texts:
+                index.add(text)
+                owners.append(t.id)
             if kept:
                 deduped.append(Task(t.id, t.instruction, kept, t.name, t.is_classification, t.origin, dict(t.meta)))
             else:

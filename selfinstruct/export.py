@@ -32,7 +32,7 @@ import yaml
 from .card import CardFacts, write_card
 from .config import ConfigError, from_dict, opt
 from .decontaminate import Decontaminator, HygieneReport, clean
-from .records import Task, load_tasks, write_jsonl
+from .records import Task, TaskFormatError, load_tasks, write_jsonl
 from .rundir import RunDir
 from .sft_format import PromptFormat
 from .stats import RunStats
@@ -354,15 +354,13 @@ def export(run_dir: str | Path, settings: ExportSettings | dict[str, Any] | None
     run_dir = Path(run_dir)
     config = run_config(run_dir)
     pool = machine_tasks(run_dir)
-    seeds: list[Task] | None = None
-    if s.include_seeds:
-        seeds = seed_tasks(config)
-    else:
-        try:
-            seeds = seed_tasks(config)  # only counted, for the card
-        except (FileNotFoundError, ValueError):
-            seeds = None
-    tasks = (seeds or []) + pool if s.include_seeds else pool
+    try:
+        seeds: list[Task] | None = seed_tasks(config)
+    except (FileNotFoundError, TaskFormatError):
+        if s.include_seeds:
+            raise
+        seeds = None  # only counted, for the card
+    tasks = seeds + pool if s.include_seeds else pool
 
     tokenizer = _tokenizer(config)
     decon = (Decontaminator.from_files(s.decontaminate, ngram=s.contamination_ngram,
@@ -408,7 +406,7 @@ def export(run_dir: str | Path, settings: ExportSettings | dict[str, Any] | None
             generators=sorted({str(t.meta["generator"]) for t in pool if t.meta.get("generator")}),
             license=s.license, language=s.language, hub_repo=hub_repo,
             files={k: _relative(p, card_dir) for k, p in result.paths.items()
-                   if k in ("jsonl", "hf") or k.startswith("parquet:")})
+                   if k.startswith(("jsonl", "hf", "parquet:"))})
         result.paths["card"] = write_card(outputs.card, facts)
     if hub_repo:
         push_to_hub(dsd, hub_repo, result.paths.get("card"))

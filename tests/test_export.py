@@ -251,3 +251,40 @@ def test_cli_export_takes_settings_from_the_runs_export_section(tmp_path, capsys
     # A flag overrides the section: an empty evaluation list is not expressible, a new format is.
     assert main(["export", str(run), "--format", "alpaca", "-o", str(tmp_path / "o" / "y.jsonl")]) == 0
     assert len((tmp_path / "o" / "y.jsonl").read_text().splitlines()) == 3
+
+
+def test_selfinstruct_run_ends_by_printing_the_export_and_report_paths(tmp_path, capsys):
+    from test_export_fixtures import REPLIES
+
+    replies = tmp_path / "replies.jsonl"
+    replies.write_text("".join(json.dumps({"text": r, "finish_reason": "stop"}) + "\n" for r in REPLIES))
+    pipeline = tmp_path / "demo.yaml"
+    pipeline.write_text(f"""
+name: demo
+output_dir: {tmp_path / "outputs"}
+seed_tasks: [{SEEDS}]
+generation: {{target: 4, requests_per_round: 4}}
+backend: {{kind: scripted, replies: {replies}}}
+export: {{format: messages, validation_fraction: 0.25}}
+""")
+    assert main(["run", str(pipeline)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    run = tmp_path / "outputs" / "demo"
+    assert [line for line in lines if line.startswith(("exported: ", "report: "))] == [
+        f"exported: {run / 'export' / 'messages.jsonl'}",
+        f"exported: {run / 'export' / 'messages.validation.jsonl'}",
+        f"exported: {run / 'export' / 'hf'}",
+        f"exported: {run / 'export' / 'data'}",
+        f"exported: {run / 'export' / 'README.md'}",
+        f"exported: {run / 'export' / 'dropped.jsonl'}",
+        f"report: {run / 'report.md'}",
+    ]
+    import datasets
+
+    hf = datasets.load_from_disk(str(run / "export" / "hf"))
+    assert hf.num_rows == {"train": 3, "validation": 1}
+    pool = [json.loads(line) for line in (run / "pool.jsonl").open()]
+    users = sorted(r["messages"][0]["content"] for split in hf.values() for r in split)
+    assert users == sorted(p["instruction"] + (f"\n\n{p['instances'][0]['input']}" if p["instances"][0]["input"]
+                                               else "") for p in pool)
+    assert (run / "report" / "lengths.png").stat().st_size > 0
