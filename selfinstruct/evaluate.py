@@ -253,6 +253,16 @@ def markdown_table(results: Sequence[CandidateResult], tasks_file: str = "") -> 
     return "\n".join(lines) + "\n"
 
 
+def load_results(path: str | Path, tasks_file: str = "") -> list[CandidateResult]:
+    """Results of an earlier `write_report`, to put beside new ones in one table.
+
+    Refused when they were measured on a different task file, since their rows would not compare."""
+    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    if tasks_file and doc.get("tasks_file") and Path(doc["tasks_file"]) != Path(tasks_file):
+        raise EvalError(f"{path} was measured on {doc['tasks_file']}, not {tasks_file}; evaluate both on one file")
+    return [CandidateResult(**r) for r in doc["results"]]
+
+
 def write_report(results: Sequence[CandidateResult], out_dir: str | Path, tasks_file: str = "",
                  settings: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """Write eval.json (everything, predictions included) and eval.md (the tables)."""

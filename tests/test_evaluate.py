@@ -159,3 +159,27 @@ def test_eval_command_explains_a_missing_candidate_and_a_bad_adapter(tiny_model_
 def test_markdown_table_needs_results():
     with pytest.raises(EvalError):
         markdown_table([])
+
+
+def test_earlier_results_join_the_table_without_being_rerun(tiny_model_dirs, tmp_path, capsys):
+    from selfinstruct.cli import main
+
+    tasks_file = tmp_path / "t.jsonl"
+    write_jsonl(tasks_file, [{"instruction": "Say hi.", "input": "", "output": "hi"},
+                             {"instruction": "Say no.", "input": "", "output": "no"}])
+    chat = str(tiny_model_dirs["chat"])
+    common = ["eval", "--tasks", str(tasks_file), "--max-new-tokens", "4"]
+    assert main(common + ["--candidate", f"first={chat}", "--out", str(tmp_path / "a")]) == 0
+    first = json.loads((tmp_path / "a" / "eval.json").read_text())["results"][0]
+    assert main(common + ["--include", str(tmp_path / "a" / "eval.json"), "--candidate", f"second={chat}",
+                          "--out", str(tmp_path / "b")]) == 0
+    results = json.loads((tmp_path / "b" / "eval.json").read_text())["results"]
+    assert [r["name"] for r in results] == ["first", "second"]
+    assert results[0] == first
+    # the same model, greedy, on the same tasks: the same answers
+    assert [p["prediction"] for p in results[1]["predictions"]] == [p["prediction"] for p in first["predictions"]]
+    assert main(common + ["--include", str(tmp_path / "a" / "eval.json"), "--candidate", f"first={chat}"]) == 2
+    assert "already in an --include file" in capsys.readouterr().err
+    assert main(["eval", "--tasks", str(tmp_path / "other.jsonl"), "--include",
+                 str(tmp_path / "a" / "eval.json")]) == 2
+    assert "not " in capsys.readouterr().err

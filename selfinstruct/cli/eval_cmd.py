@@ -12,6 +12,7 @@ candidates:
   one model:    --model smollm2 [--adapter outputs/run/adapter] [--name tuned]
   several:      --candidate base=PATH/base.gguf --candidate tuned=PATH/base.gguf:outputs/run/adapter
   Each candidate is NAME=MODEL[:ADAPTER_DIR]; all are scored on the same tasks and land in one table.
+  --include OLD/eval.json puts earlier results (same task file) into the table without re-running them.
 
 prompting:
   with an adapter: the adapter's prompt_format.json (the prompt it was trained on).
@@ -34,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="name of the --model candidate in the table (default: base / adapted)")
     p.add_argument("--candidate", action="append", default=[], metavar="NAME=MODEL[:ADAPTER]",
                    help="a candidate to compare (repeatable)")
+    p.add_argument("--include", action="append", default=[], metavar="EVAL_JSON",
+                   help="add the results in an earlier eval.json to the table (same task file; repeatable)")
     p.add_argument("--out", default="outputs/eval", help="directory for eval.json and eval.md "
                    "(default: outputs/eval)")
     p.add_argument("--format", choices=["auto", "chat", "alpaca"], default="auto",
@@ -48,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def candidates_from_args(args: argparse.Namespace):
+def candidates_from_args(args: argparse.Namespace, allow_none: bool = False):
     from ..evaluate import Candidate, EvalError
 
     cands = []
@@ -61,16 +64,23 @@ def candidates_from_args(args: argparse.Namespace):
         cands += [Candidate.parse(c) for c in args.candidate]
     except EvalError as e:
         raise CliError(str(e)) from e
-    if not cands:
+    if not cands and not allow_none:
         raise CliError("nothing to evaluate: give --model M [--adapter DIR], or --candidate NAME=MODEL[:ADAPTER]")
     return [Candidate(c.name, c.model, c.adapter, args.format) for c in cands]
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import EvalError, evaluate, markdown_table, write_report
+    from ..evaluate import EvalError, evaluate, load_results, markdown_table, write_report
     from ..records import load_tasks
 
-    cands = candidates_from_args(args)
+    try:
+        earlier = [r for path in args.include for r in load_results(path, args.tasks)]
+    except EvalError as e:
+        raise CliError(str(e)) from e
+    cands = candidates_from_args(args, allow_none=bool(earlier))
+    clash = {r.name for r in earlier} & {c.name for c in cands}
+    if clash:
+        raise CliError(f"candidate name(s) {sorted(clash)} already in an --include file; pick other names")
     tasks = load_tasks(args.tasks)
     if args.limit > 0:
         tasks = tasks[: args.limit]
@@ -80,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
         device = "cuda" if require("torch").cuda.is_available() else "cpu"
     try:
-        results = evaluate(cands, tasks, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        results = earlier + evaluate(cands, tasks, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                            temperature=args.temperature, top_p=args.top_p, dtype=args.dtype, device=device)
     except EvalError as e:
         raise CliError(str(e)) from e
