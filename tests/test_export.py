@@ -248,9 +248,20 @@ def test_cli_export_takes_settings_from_the_runs_export_section(tmp_path, capsys
     assert "eval_rouge 1" in capsys.readouterr().out
     ids = [json.loads(line)["id"] for line in (tmp_path / "o" / "x.jsonl").open()]
     assert ids == ["machine_task_0", "machine_task_1"]
-    # A flag overrides the section: an empty evaluation list is not expressible, a new format is.
-    assert main(["export", str(run), "--format", "alpaca", "-o", str(tmp_path / "o" / "y.jsonl")]) == 0
-    assert len((tmp_path / "o" / "y.jsonl").read_text().splitlines()) == 3
+    # Flags override the section.
+    assert main(["export", str(run), "--format", "alpaca", "--no-decontaminate",
+                 "-o", str(tmp_path / "o" / "y.jsonl")]) == 0
+    assert [json.loads(line) for line in (tmp_path / "o" / "y.jsonl").open()] == EXPECTED["alpaca"]
+
+
+def test_push_to_hub_without_a_token_names_the_fix(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    # As on a machine with neither HF_TOKEN nor a stored login (and never a real push from here).
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    run = make_run_dir(tmp_path)
+    with pytest.raises(ExportError, match="needs a Hugging Face token: set HF_TOKEN"):
+        export(run, {}, Outputs(), hub_repo="someone/dataset")
 
 
 def test_selfinstruct_run_ends_by_printing_the_export_and_report_paths(tmp_path, capsys):

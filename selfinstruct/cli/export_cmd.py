@@ -48,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="ROUGE-L of instruction + input above which instances of two tasks are duplicates")
     sel.add_argument("--decontaminate", type=Path, action="append", default=None, metavar="EVAL_FILE",
                      help="evaluation task file to decontaminate against (repeatable; replaces the run's list)")
+    sel.add_argument("--no-decontaminate", action="store_true",
+                     help="ignore the run's evaluation files: no decontamination")
     sel.add_argument("--contamination-ngram", type=int, default=None, metavar="N",
                      help="a shared run of N words with an evaluation instruction is contamination (default 13)")
     sel.add_argument("--contamination-rouge-threshold", type=float, default=None, metavar="X",
@@ -72,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
             data[key] = getattr(args, key)
     if args.decontaminate is not None:
         data["decontaminate"] = [str(p) for p in args.decontaminate]
+    if args.no_decontaminate:
+        data["decontaminate"] = []
     data.pop("push_to_hub", None)  # a push happens only when asked for here
     settings = parse_settings(data)
 
