@@ -61,7 +61,7 @@ def examples_from_tasks(tasks: Sequence[Task]) -> list[Example]:
 def encode(tokenizer: Any, fmt: PromptFormat, ex: Example, max_length: int) -> tuple[list[int], list[int]] | None:
     """(input_ids, labels) with the prompt masked out; None when no answer token fits."""
     prompt = tokenizer(fmt.prompt(tokenizer, ex.instruction, ex.input),
-                       add_special_tokens=fmt.kind == "alpaca")["input_ids"]
+                       add_special_tokens=fmt.add_special_tokens)["input_ids"]
     answer = tokenizer(fmt.completion(tokenizer, ex.output), add_special_tokens=False)["input_ids"]
     ids = (prompt + answer)[:max_length]
     labels = ([-100] * len(prompt) + answer)[:max_length]

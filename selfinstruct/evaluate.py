@@ -142,17 +142,24 @@ def load_candidate(candidate: Candidate, dtype: str = "float32", device: str = "
     """The model ready for generation, the prompt format to ask it with, and where answers end."""
     from . import models
 
-    model, tok = models.load_model(candidate.model, dtype=dtype, device=device)
     if candidate.adapter:
         adapter = Path(candidate.adapter)
         if not (adapter / "adapter_config.json").exists():
             raise EvalError(f"{adapter} is not a LoRA adapter directory (no adapter_config.json); give the "
                             "directory finetune wrote, e.g. outputs/<run>/adapter")
-        fmt = PromptFormat.load(adapter)
         peft = models.require("peft", "pip install peft")
-        # Merging folds the low-rank update into the weights: same outputs, plain-model speed.
-        model = peft.PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
+        from .finetune.adapters import META_FILE, load_adapter
+
+        if (adapter / META_FILE).exists():  # written by `selfinstruct finetune`: its loader checks the base
+            model, tok, fmt = load_adapter(adapter, base_model=candidate.model, dtype=dtype, device=device)
+        else:  # a bare peft adapter with its prompt_format.json (e.g. from `selfinstruct ablate`)
+            model, tok = models.load_model(candidate.model, dtype=dtype, device=device)
+            model, fmt = peft.PeftModel.from_pretrained(model, str(adapter)).eval(), PromptFormat.load(adapter)
+        if isinstance(model, peft.PeftModel) and model.peft_config["default"].peft_type == "LORA":
+            # Merging folds the low-rank update into the weights: same outputs, plain-model speed.
+            model = model.merge_and_unload().eval()
         return LoadedCandidate(model, tok, fmt, ())
+    model, tok = models.load_model(candidate.model, dtype=dtype, device=device)
     fmt = PromptFormat.for_tokenizer(tok, prefer=candidate.prompt_format)
     return LoadedCandidate(model, tok, fmt, BASE_MODEL_STOPS if fmt.kind == "alpaca" else ())
 
@@ -186,7 +193,7 @@ def generate_answers(loaded: LoadedCandidate, items: Sequence[EvalItem], max_new
         idx = order[start:start + batch_size]
         # Chat templates already start with BOS where the model wants it; the Alpaca prompt does not.
         enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True,
-                  add_special_tokens=loaded.prompt_format.kind == "alpaca").to(model.device)
+                  add_special_tokens=loaded.prompt_format.add_special_tokens).to(model.device)
         kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
                                       eos_token_id=sorted(eos_ids))
         if temperature > 0:
