@@ -1,0 +1,87 @@
+"""Reading the replies of Self-Instruct's first two steps: a numbered list of new
+instructions, and a Yes/No verdict. Like `parsing.parse_reply`, nothing here raises:
+what cannot be read becomes a `Rejection` (or None) that the loop counts.
+
+Instruction lists, leniently:
+
+    Task 9: Name three primes.          "9. ...", "9) ...", "**Task 9:** ...", "Task 9: Instruction: ..."
+    Task 10: Summarise the
+    paragraph in one sentence.          a wrapped line continues the item, until a blank line
+    Input: ...                          a field label (the model drifting into another format) ends it
+
+A reply cut off by the token limit loses its last item (`truncated`), as in the paper.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .parsing import ParseResult
+from .records import Candidate, Rejection
+
+_ITEM = re.compile(r"^\s*(?:[#>*_]+\s*)?(?:task\s*#?\s*)?(\d{1,3})\s*(?:\*\*|__)?\s*[:.)\-]\s*(?:\*\*|__)?\s*(.*)$",
+                   re.IGNORECASE)
+_FIELD = re.compile(r"^\s*(?:[#>*_]+\s*)?(?:input|output|example|class\s*label|label|answer|response)\b\s*\d*\s*"
+                    r"(?:\*\*|__)?\s*[:：]", re.IGNORECASE)
+_INSTRUCTION_LABEL = re.compile(r"^(?:\*\*|__)?\s*instruction\s*(?:\*\*|__)?\s*[:：]\s*", re.IGNORECASE)
+_YES_NO = re.compile(r"\b(yes|no|true|false)\b", re.IGNORECASE)
+
+
+def _clean_instruction(lines: list[str]) -> str:
+    text = " ".join(" ".join(lines).split())
+    text = _INSTRUCTION_LABEL.sub("", text)
+    for wrap in ("**", "__"):
+        if text.startswith(wrap) and text.endswith(wrap) and len(text) > 2 * len(wrap):
+            text = text[len(wrap):-len(wrap)].strip()
+        elif wrap == "**" and text.count(wrap) == 1 and (text.startswith(wrap) or text.endswith(wrap)):
+            text = text.strip("* ")  # the other half went with the list number ("**9. Do X.**")
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`" and text.count(text[0]) == 2:
+        text = text[1:-1].strip()
+    return text
+
+
+def parse_instruction_list(text: str, finish_reason: str = "stop", prefix: str = "") -> ParseResult:
+    """Candidates (instruction only) from a numbered-list reply. `prefix` is the header the
+    prompt ended with on the reply's behalf ("Task 9:"), so the first item reads whole."""
+    result = ParseResult()
+    try:
+        items: list[list[str]] = []
+        open_item = False
+        for line in (prefix + (text or "")).splitlines():
+            m = _ITEM.match(line)
+            if m:
+                items.append([m.group(2)])
+                open_item = True
+                continue
+            if not items:
+                continue  # a preamble ("Sure! Here are more tasks:")
+            if not line.strip() or _FIELD.match(line):
+                open_item = False
+                continue
+            if open_item:
+                items[-1].append(line)
+        if finish_reason == "length" and items:
+            result.rejections.append(Rejection("truncated", "parse", raw="\n".join(items.pop()).strip()))
+        for lines in items:
+            instruction = _clean_instruction(lines)
+            raw = "\n".join(lines).strip()
+            if not instruction:
+                result.rejections.append(Rejection("empty_instruction", "parse", raw=raw))
+            else:
+                result.candidates.append(Candidate(instruction, raw=raw))
+        if not result.candidates and not result.rejections:
+            result.rejections.append(Rejection("no_task_found", "parse", raw=text or ""))
+    except Exception as e:  # a reply must never crash a run
+        result.candidates.clear()
+        result.rejections = [Rejection("parser_error", "parse", raw=text or "", detail={"error": repr(e)})]
+    return result
+
+
+def parse_yes_no(text: str) -> bool | None:
+    """The verdict of a classification-identification reply: the first yes/no (or
+    true/false) word of its first non-empty line; None when there is none."""
+    for line in (text or "").splitlines():
+        if line.strip():
+            m = _YES_NO.search(line)
+            return None if m is None else m.group(1).lower() in ("yes", "true")
+    return None
