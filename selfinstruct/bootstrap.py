@@ -62,6 +62,8 @@ class StopFlag:
 
 
 class Bootstrapper:
+    pool_class: type[TaskPool] = TaskPool  # a method's loop may need a pool with more ways to add
+
     def __init__(self, cfg: PipelineConfig, backend: LMBackend, seeds: list[Task], run_dir: RunDir | None = None,
                  on_progress: ProgressFn | None = None):
         self.cfg = cfg
@@ -73,7 +75,7 @@ class Bootstrapper:
             self.stop.checks.append(backend.stop_reason)
         tokenizer = UnicodeTokenizer() if cfg.filters.tokenizer == "unicode" else None
         t0 = time.perf_counter()
-        self.pool = TaskPool(seeds, run_dir.pool if run_dir else None, RougeLIndex(tokenizer=tokenizer))
+        self.pool = self.pool_class(seeds, run_dir.pool if run_dir else None, RougeLIndex(tokenizer=tokenizer))
         log.info("pool: %d seeds + %d machine tasks, index built in %.2fs",
                  len(self.pool.seeds), self.pool.machine_count, time.perf_counter() - t0)
         self.filters = build_filters(cfg.filters, self.pool.index)
@@ -217,3 +219,13 @@ class Bootstrapper:
         log.info("done: %d machine tasks (%d kept of %d candidates this run's history)",
                  self.pool.machine_count, self.stats.kept, self.stats.candidates)
         return self.stats
+
+
+def make_bootstrapper(cfg: PipelineConfig, backend: LMBackend, seeds: list[Task], run_dir: RunDir | None = None,
+                      on_progress: ProgressFn | None = None) -> Bootstrapper:
+    """The loop for `generation.method`: Alpaca's one pass, or Self-Instruct's three steps."""
+    if cfg.generation.method == "self_instruct":
+        from .self_instruct_method import SelfInstructBootstrapper
+
+        return SelfInstructBootstrapper(cfg, backend, seeds, run_dir, on_progress)
+    return Bootstrapper(cfg, backend, seeds, run_dir, on_progress)

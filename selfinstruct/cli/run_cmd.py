@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..backends import make_backend
-    from ..bootstrap import Bootstrapper
+    from ..bootstrap import make_bootstrapper
     from ..records import load_tasks
     from ..rundir import RunDir
 
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             bar.refresh()
 
         try:
-            boot = Bootstrapper(cfg, backend, seeds, run_dir, on_progress=progress)
+            boot = make_bootstrapper(cfg, backend, seeds, run_dir, on_progress=progress)
             stats = boot.run()
         finally:
             bar.close()
