@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -202,8 +203,22 @@ def test_a_server_that_is_down_stops_the_run_instead_of_spinning(backends):
 
 def test_prompt_too_long_is_retried_with_fewer_in_context_tasks(servers, backends, caplog):
     server = servers(max_prompt_tasks=4)
+    shrunk_on = []
+
+    def watched(request):  # the loop's prompt builder is not thread-safe: shrink on the caller's thread
+        inner = request.shrink
+
+        def shrink():
+            shrunk_on.append(threading.current_thread())
+            smaller = inner()
+            return watched(smaller) if smaller is not None else None
+
+        request.shrink = shrink
+        return request
+
     with caplog.at_level(logging.WARNING, LOGGER):
-        [(req, reply)] = run_all(backends(server), [make_request(9, n_examples=8)])
+        [(req, reply)] = run_all(backends(server), [watched(make_request(9, n_examples=8))])
+    assert shrunk_on == [threading.current_thread()] * 2
     assert req.id == 9 and len(req.meta["examples"]) == 4  # 8 -> 6 -> 4 in-context tasks
     assert (reply.finish_reason, reply.retries) == ("stop", 2)
     assert [h.fault for h in server.hits] == ["too_long", "too_long", None]

@@ -38,8 +38,10 @@ import os
 import queue
 import re
 import threading
+import random
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 from ..config import ConfigError
@@ -89,6 +91,15 @@ class _RequestFailed(_Failure):
 
 class _InvalidReply(Exception):
     pass
+
+
+@dataclass(slots=True)
+class _TooLong:
+    """A request the server found too long, handed back to be shrunk on the caller's thread."""
+
+    request: Request
+    attempts: int
+    message: str
 
 
 def parse_retry_after(headers: Any) -> float | None:
@@ -242,6 +253,12 @@ class OpenAIBackend:
         completed: queue.SimpleQueue = queue.SimpleQueue()
         exhausted = False
         failures_in_a_row = 0
+
+        def submit(req: Request, attempts: int = 0) -> None:
+            fut = loop.submit(self._complete(req, params, attempts))
+            in_flight[fut] = req
+            fut.add_done_callback(completed.put)
+
         try:
             while True:
                 # Top up the free slots; each pull builds a prompt from the pool as it is now.
@@ -250,9 +267,7 @@ class OpenAIBackend:
                     if req is None:
                         exhausted = True
                         break
-                    fut = loop.submit(self._complete(req, params))
-                    in_flight[fut] = req
-                    fut.add_done_callback(completed.put)
+                    submit(req)
                 if not in_flight:
                     return
                 while True:
@@ -262,7 +277,13 @@ class OpenAIBackend:
                     except queue.Empty:
                         continue
                 del in_flight[fut]
-                req, reply = fut.result()  # RemoteConfigError: stop the run now
+                result = fut.result()  # RemoteConfigError: stop the run now
+                if isinstance(result, _TooLong):
+                    result = self._shrink(result)
+                    if isinstance(result, _TooLong):
+                        submit(result.request, result.attempts)
+                        continue
+                req, reply = result
                 failures_in_a_row = failures_in_a_row + 1 if reply.finish_reason == "error" else 0
                 yield req, reply
                 if failures_in_a_row >= self.max_consecutive_failures:
@@ -274,40 +295,40 @@ class OpenAIBackend:
             if in_flight:  # closed early (target reached, budget, error): cancel cleanly
                 loop.cancel(in_flight)
 
+    def _shrink(self, too_long: _TooLong) -> _TooLong | tuple[Request, Reply]:
+        """The smaller request to send next, or the request's failure when none is left. Runs on
+        the caller's thread, where the request's prompt builder (the loop's) lives."""
+        req = too_long.request
+        smaller = req.shrink() if req.shrink is not None else None
+        if smaller is None:
+            msg = f"the prompt is too long for the server even at its smallest: {too_long.message}"
+            log.error("request %d failed: %s", req.id, msg)
+            return req, Reply("", "error", error=msg, retries=too_long.attempts - 1)
+        self._count("retry_prompt_too_long")
+        log.warning("request %d: the server says the prompt is too long (%s); retrying with fewer in-context "
+                    "tasks (%d -> %d)", req.id, too_long.message, len(req.meta.get("examples", ())),
+                    len(smaller.meta.get("examples", ())))
+        return _TooLong(smaller, too_long.attempts, too_long.message)
+
     # ------------------------------------------------------------------ one request
 
-    async def _complete(self, req: Request, params: GenerationParams) -> tuple[Request, Reply]:
-        """Send `req` until it succeeds, shrinking it while the server finds it too long."""
-        attempts = 0
-        while True:
-            try:
-                reply, n = await self._with_retries(req, params)
-                reply.retries = attempts + n - 1
-                return req, reply
-            except _PromptTooLong as e:
-                attempts += e.attempts
-                # Request.shrink only re-renders the prompt from tasks captured when the request
-                # was built, so calling it on this thread touches no shared state.
-                smaller = req.shrink() if req.shrink is not None else None
-                if smaller is None:
-                    msg = self._scrub(f"the prompt is too long for the server even at its smallest: {e}")
-                    log.error("request %d failed: %s", req.id, msg)
-                    return req, Reply("", "error", error=msg, retries=attempts - 1)
-                self._count("retry_prompt_too_long")
-                log.warning("request %d: the server says the prompt is too long (%s); retrying with fewer "
-                            "in-context tasks (%d -> %d)", req.id, self._scrub(str(e)),
-                            len(req.meta.get("examples", ())), len(smaller.meta.get("examples", ())))
-                req = smaller
-            except _Retryable as e:  # the last attempt failed too
-                attempts += e.attempts
-                msg = self._scrub(f"gave up after {e.attempts} attempts: {e.reason}: {e.message}")
-                log.error("request %d failed: %s", req.id, msg)
-                return req, Reply("", "error", error=msg, retries=attempts - 1)
-            except _RequestFailed as e:
-                attempts += e.attempts
-                msg = self._scrub(str(e))
-                log.error("request %d failed (not retried): %s", req.id, msg)
-                return req, Reply("", "error", error=msg, retries=attempts - 1)
+    async def _complete(self, req: Request, params: GenerationParams,
+                        attempts: int = 0) -> tuple[Request, Reply] | _TooLong:
+        """Send `req` until it succeeds or fails for good. `attempts`: made before, at larger sizes."""
+        try:
+            reply, n = await self._with_retries(req, params)
+            reply.retries = attempts + n - 1
+            return req, reply
+        except _PromptTooLong as e:
+            return _TooLong(req, attempts + e.attempts, self._scrub(str(e)))
+        except _Retryable as e:  # the last attempt failed too
+            msg = self._scrub(f"gave up after {e.attempts} attempts: {e.reason}: {e.message}")
+            log.error("request %d failed: %s", req.id, msg)
+            return req, Reply("", "error", error=msg, retries=attempts + e.attempts - 1)
+        except _RequestFailed as e:
+            msg = self._scrub(str(e))
+            log.error("request %d failed (not retried): %s", req.id, msg)
+            return req, Reply("", "error", error=msg, retries=attempts + e.attempts - 1)
 
     async def _with_retries(self, req: Request, params: GenerationParams) -> tuple[Reply, int]:
         import tenacity
@@ -332,9 +353,7 @@ class OpenAIBackend:
         exc = state.outcome.exception() if state.outcome is not None else None
         if isinstance(exc, _Retryable) and exc.retry_after is not None:
             return min(exc.retry_after, self.backoff_max_s)
-        # Exponential back-off plus up to one base of jitter, so replicas of a burst spread out.
-        import random
-
+        # Exponential back-off plus up to one base of jitter, so the retries of a burst spread out.
         base = self.backoff_s * 2 ** (state.attempt_number - 1)
         return min(base + random.uniform(0, self.backoff_s), self.backoff_max_s)
 
