@@ -265,7 +265,8 @@ def render_markdown(r: Report) -> str:
     out = [
         f"# Run report: {r.name}\n",
         f"`{r.run_dir}`, {status}; {s.get('rounds', 0)} rounds, {s.get('elapsed_s', 0):.1f} s of generation. "
-        f"Written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by `selfinstruct stats`.\n",
+        f"Written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; `selfinstruct stats {r.run_dir}` "
+        "rewrites it.\n",
         "## Counts per stage\n",
         _md_table(r.funnel) + "\n",
         f"Keep rate: {100 * s.get('keep_rate', 0):.1f}% of parsed candidates.\n",
