@@ -21,6 +21,9 @@ class GenerationParams:
     max_new_tokens: int = 1024
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    # Generate at least this many tokens (end-of-text is held back until then); benchmarks use it
+    # so that every sequence of a batch is the same length. Local backends only.
+    min_new_tokens: int = 0
 
 
 @dataclass(slots=True)

@@ -56,6 +56,8 @@ class TransformersBackend:
         sampling = params.temperature > 0
         kwargs = dict(max_new_tokens=params.max_new_tokens, do_sample=sampling,
                       pad_token_id=self.tokenizer.pad_token_id)
+        if params.min_new_tokens:
+            kwargs.update(min_new_tokens=params.min_new_tokens)
         if sampling:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
         if params.stop:
