@@ -104,8 +104,11 @@ def main() -> None:
         child_load()
         return
 
+    # Other processes on the machine change these figures a lot, and so does OpenMP's wait
+    # policy (measured on a loaded 2-core machine: 2 threads ran 5-8x faster with PASSIVE).
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average "
-          f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+          f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
     with tempfile.TemporaryDirectory(prefix="bench-cache-") as tmp:
         cache = Path(tmp)
         if args.skip_first_load:
