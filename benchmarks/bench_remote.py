@@ -71,9 +71,9 @@ def run_once(base_url: str, concurrency: int, n_requests: int, seeds, out: Path)
     backend = OpenAIBackend.from_config(cfg.backend)
     try:
         boot = CountingBootstrapper(cfg, backend, seeds, run_dir)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         stats = boot.run()
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     finally:
         backend.close()
     after = server_stats(base_url)
@@ -83,7 +83,7 @@ def run_once(base_url: str, concurrency: int, n_requests: int, seeds, out: Path)
     lost = (delivered - stats.candidates) + stats.failed_requests + unanswered
     return {"concurrency": concurrency, "requests": stats.requests, "candidates": stats.candidates,
             "kept": stats.kept, "seconds": seconds, "cand_per_s": stats.candidates / seconds, "lost": lost,
-            "retries": stats.retries}
+            "retries": stats.retries, "cpu_ms_per_request": 1000 * cpu / max(1, stats.requests)}
 
 
 def main() -> None:
@@ -105,12 +105,16 @@ def main() -> None:
                 results.append(r)
                 print(f"concurrency {c:>2}: {r['requests']} requests, {r['candidates']} candidates "
                       f"({r['kept']} kept) in {r['seconds']:.2f}s = {r['cand_per_s']:.1f} candidates/s, "
-                      f"lost {r['lost']}, retries {r['retries']}", flush=True)
+                      f"lost {r['lost']}, retries {r['retries']}, client CPU {r['cpu_ms_per_request']:.2f} ms/request",
+                      flush=True)
     finally:
         proc.terminate()
         proc.wait(10)
     ideal = 1 / args.latency
-    print(f"ideal at {args.latency * 1000:.0f} ms latency: {ideal:.1f} candidates/s per request slot")
+    print(f"ideal at {args.latency * 1000:.0f} ms latency: {ideal:.1f} candidates/s per request slot "
+          f"({32 * ideal:.0f}/s at concurrency 32)")
+    # Replies of one latency wave arrive together and are handled one after another on one core
+    # (GIL), so concurrency c tops out near c / (latency + c * client CPU per request).
     speedup = results[1]["cand_per_s"] / results[0]["cand_per_s"]
     lost = sum(r["lost"] for r in results)
     print(f"RESULT speedup_c32={speedup:.1f} lost={lost}")

@@ -226,6 +226,9 @@ def _plain_error_body(message: str, kind: str, code: str | None = None) -> bytes
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, the second waits for the client's
+    # delayed ACK (40 ms on Linux) and every reply would be 40 ms slower than `latency_s`.
+    disable_nagle_algorithm = True
     fake: FakeOpenAIServer
 
     def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet

@@ -74,13 +74,13 @@ def llama_server(tmp_path_factory):
     proc.wait(30)
 
 
-def grow(tmp_path: Path, base_url: str, endpoint: str, style: str, *, target: int = 3, num_prompt_tasks: int = 4,
+def grow(tmp_path: Path, base_url: str, endpoint: str, style: str, *, target: int = 3, num_prompt_tasks: int = 5,
          max_requests: int = 30) -> tuple[Bootstrapper, list[dict]]:
     cfg = from_dict(PipelineConfig, {
         "name": f"llamacpp_{endpoint}", "output_dir": str(tmp_path), "seed_tasks": [str(SEED_FILE)],
         "generation": {"target": target, "num_prompt_tasks": num_prompt_tasks, "prompt_style": style,
                        "requests_per_round": 4, "max_requests": max_requests},
-        "sampling": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 160},
+        "sampling": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 128},
         "backend": {"kind": "openai", "model": "smollm2", "openai": {
             "base_urls": [base_url], "endpoint": endpoint, "require_key": False, "max_concurrency": 2,
             # llama-cpp-python serves one request at a time: the second in flight waits its turn.
@@ -99,12 +99,14 @@ def grow(tmp_path: Path, base_url: str, endpoint: str, style: str, *, target: in
     return boot, pool
 
 
-@pytest.mark.parametrize("endpoint, style", [("chat", "chat"), ("completions", "plain")])
-def test_grows_a_pool_through_a_real_llama_cpp_server(tmp_path, llama_server, endpoint, style):
-    boot, pool = grow(tmp_path, llama_server, endpoint, style)
+# A 135M model keeps the task format far less often in chat than as a completion (measured
+# here: about 1 reply in 4-10 against 1 in 2), hence the smaller chat target.
+@pytest.mark.parametrize("endpoint, style, target", [("chat", "chat", 2), ("completions", "plain", 3)])
+def test_grows_a_pool_through_a_real_llama_cpp_server(tmp_path, llama_server, endpoint, style, target):
+    boot, pool = grow(tmp_path, llama_server, endpoint, style, target=target)
     stats = boot.stats
     assert boot.style == style
-    assert len(pool) == 3, f"only {len(pool)} tasks after {stats.requests} requests: {stats.to_dict()}"
+    assert len(pool) == target, f"only {len(pool)} tasks after {stats.requests} requests: {stats.to_dict()}"
     assert all(t["meta"]["generator"] == "smollm2" and t["instruction"].strip() for t in pool)
     assert stats.failed_requests == 0
     # The server reports real token usage, and the loop summed it.

@@ -331,7 +331,22 @@ class OpenAIBackend:
             return req, Reply("", "error", error=msg, retries=attempts + e.attempts - 1)
 
     async def _with_retries(self, req: Request, params: GenerationParams) -> tuple[Reply, int]:
+        try:  # most requests succeed at once: spare them the retry machinery
+            return await self._attempt(req, params), 1
+        except _Retryable as e:
+            first_failure: _Retryable | None = e
+        except _Failure as e:
+            e.attempts = 1
+            raise
+
         import tenacity
+
+        async def attempt() -> Reply:
+            nonlocal first_failure
+            if first_failure is not None:  # tenacity's attempt 1 is the one that already failed
+                failure, first_failure = first_failure, None
+                raise failure
+            return await self._attempt(req, params)
 
         retrying = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(self.max_attempts),
@@ -341,9 +356,9 @@ class OpenAIBackend:
             reraise=True,
         )
         try:
-            async for attempt in retrying:
-                with attempt:
-                    reply = await self._attempt(req, params)
+            async for tried in retrying:
+                with tried:
+                    reply = await attempt()
         except _Failure as e:
             e.attempts = retrying.statistics.get("attempt_number", 1)
             raise
@@ -408,7 +423,7 @@ class OpenAIBackend:
         # our own request body against the API's type hints or building response models,
         # which cost more CPU per request than everything else here together.
         data = await client.post(f"/{'chat/completions' if self.endpoint == 'chat' else 'completions'}",
-                                 cast_to=object, body=body, options={"timeout": self.timeout_s})
+                                 cast_to=object, body=body)
         try:
             choice = data["choices"][0]
             text = (choice["message"]["content"] if self.endpoint == "chat" else choice["text"]) or ""
