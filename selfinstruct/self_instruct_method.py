@@ -5,7 +5,8 @@
    (without the output check: there is no output yet). An accepted instruction enters the
    ROUGE-L index at once, so later candidates are compared against it.
 2. Classification identification: each new instruction gets a few-shot Yes/No prompt over
-   the seed tasks' is_classification labels, decoded greedily. An answer that names
+   the seed tasks' is_classification labels (the most similar seeds by default), decoded
+   greedily. An answer that names
    neither counts as "unparseable" and the task is treated as not classification.
 3. Instance generation: output-first for classification tasks, input-first for the rest,
    few-shot from the seed tasks' instances; the instance filters (selfinstruct/instances.py)
@@ -40,8 +41,9 @@ from .prompts import sample_tasks
 from .records import Rejection, Task
 from .rundir import RunDir
 from .si_parsing import parse_instruction_list, parse_yes_no
-from .si_prompts import (ClassificationPromptBuilder, InstancePromptBuilder, InstructionPromptBuilder,
-                         pick_classification_examples, pick_instance_examples)
+from .si_prompts import (ClassificationExamples, ClassificationPromptBuilder, InstancePromptBuilder,
+                         InstructionPromptBuilder, pick_instance_examples)
+from .similarity import UnicodeTokenizer
 from .si_steplog import MachineInstruction, StepLog
 from .stats import RunStats
 
@@ -103,9 +105,10 @@ class SelfInstructBootstrapper(Bootstrapper):
 
         prefill = bool(getattr(backend, "supports_prefill", False))
         self.instruction_builder = InstructionPromptBuilder(self.style, g.num_tasks_to_generate, prefill)
-        self.classify_builder = ClassificationPromptBuilder(
-            pick_classification_examples(self.pool.seeds, g.classify_examples, random.Random(f"{g.seed}:classify")),
-            self.style)
+        self.classify_builder = ClassificationPromptBuilder(self.style)
+        self.classify_examples = ClassificationExamples(
+            self.pool.seeds, g.classify_examples, g.classify_examples_by, random.Random(f"{g.seed}:classify"),
+            UnicodeTokenizer() if cfg.filters.tokenizer == "unicode" else None)
         self.instance_builder = InstancePromptBuilder(self.style, g.instances_per_task, prefill)
         n_examples = min(g.num_prompt_tasks, len(seeds) + g.num_machine_tasks)
         self.params = GenerationParams(
@@ -153,7 +156,7 @@ class SelfInstructBootstrapper(Bootstrapper):
         s.prompt_tokens += reply.prompt_tokens
         s.completion_tokens += reply.completion_tokens
         self._count("requests_by_step", step)
-        if reply.finish_reason == "length":
+        if reply.finish_reason == "length" and step != "classification":  # a 3-token answer may run on
             s.truncated_replies += 1
         if reply.finish_reason == "error":
             s.failed_requests += 1
@@ -236,7 +239,9 @@ class SelfInstructBootstrapper(Bootstrapper):
     def classification_requests(self) -> Iterator[Request]:
         for item in self.steps.pending():
             if item.is_classification is None:
-                yield Request(item.number, self.classify_builder.build(item.instruction), {"task_id": item.id})
+                examples = self.classify_examples.for_instruction(item.instruction)
+                yield Request(item.number, self.classify_builder.build(item.instruction, examples),
+                              {"task_id": item.id, "examples": [t.id for t in examples]})
 
     def handle_classification(self, req: Request, reply: Reply) -> None:
         item = self._item(req)

@@ -9,7 +9,8 @@ Instruction lists, leniently:
     paragraph in one sentence.          a wrapped line continues the item, until a blank line
     Input: ...                          a field label (the model drifting into another format) ends it
 
-A reply cut off by the token limit loses its last item (`truncated`), as in the paper.
+A reply cut off by the token limit loses its last item (`truncated`), as in the paper, unless
+a blank line or a field label already closed that item (the cut then fell in chatter after it).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def parse_instruction_list(text: str, finish_reason: str = "stop", prefix: str =
                 continue
             if open_item:
                 items[-1].append(line)
-        if finish_reason == "length" and items:
+        if finish_reason == "length" and items and open_item:
             result.rejections.append(Rejection("truncated", "parse", raw="\n".join(items.pop()).strip()))
         for lines in items:
             instruction = _clean_instruction(lines)

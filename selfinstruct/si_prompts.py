@@ -4,7 +4,8 @@
    continues with new instructions only. A classification-only variant shows only
    classification tasks and asks for more of them.
 2. Classification identification: few-shot Yes/No over the seed tasks' own
-   is_classification labels, answered greedily in a word or two.
+   is_classification labels (by default the seeds most similar to the instruction),
+   answered greedily in a word or two.
 3. Instance generation: few-shot from the seed tasks' instances. Classification tasks get
    output-first prompts ("Class label:" before "Input:") so that the LM picks a label
    first and writes an input for it, instead of writing inputs that all fall in one class;
@@ -85,26 +86,58 @@ def pick_classification_examples(seeds: Sequence[Task], n: int, rng: random.Rand
     return picked
 
 
+class ClassificationExamples:
+    """The labelled seed tasks a Yes/No prompt shows for one instruction.
+
+    `similarity`: the `n` labelled seeds most similar to the instruction (ROUGE-L), the most
+    similar last, padded with balanced ones when fewer share a word with it. `fixed`: one
+    balanced set for every instruction, as the paper's prompt was. Measured on 24 held-out
+    tasks (12 classification) with SmolLM2-135M-Instruct, greedy: fixed examples get 0.54
+    accuracy (it answers No to nearly everything); the nearest seeds get 0.83 (plain) and
+    0.88 (chat), because a small model copies its neighbours' labels.
+    """
+
+    def __init__(self, seeds: Sequence[Task], n: int, by: Literal["similarity", "fixed"] = "similarity",
+                 rng: random.Random | None = None, tokenizer=None):
+        from .similarity import RougeLIndex
+
+        self.labelled = [t for t in seeds if t.is_classification is not None]
+        self.n = n
+        self.by = by
+        self.balanced = pick_classification_examples(self.labelled, n, rng or random.Random(0))
+        self._index = None
+        if by == "similarity":
+            self._index = RougeLIndex(tokenizer=tokenizer)
+            self._index.extend(t.instruction for t in self.labelled)
+
+    def for_instruction(self, instruction: str) -> list[Task]:
+        if self._index is None:
+            return list(self.balanced)
+        nearest = [self.labelled[i] for i, _ in self._index.top_k(instruction, self.n)]
+        taken = {t.id for t in nearest}
+        padding = [t for t in self.balanced if t.id not in taken][:self.n - len(nearest)]
+        return padding + nearest[::-1]
+
+
 def _yes_no(flag: bool | None) -> str:
     return "Yes" if flag else "No"
 
 
 @dataclass(slots=True)
 class ClassificationPromptBuilder:
-    """Step 2: is this instruction a classification task? The examples are fixed per run."""
+    """Step 2: is this instruction a classification task? Answered after labelled examples."""
 
-    examples: list[Task]
     style: Style = "plain"
 
-    def build(self, instruction: str) -> Prompt:
+    def build(self, instruction: str, examples: Sequence[Task]) -> Prompt:
         instruction = " ".join(instruction.split())
         if self.style == "plain":
             shots = "\n\n".join(f"Task: {' '.join(t.instruction.split())}\nClassification: "
-                                f"{_yes_no(t.is_classification)}" for t in self.examples)
+                                f"{_yes_no(t.is_classification)}" for t in examples)
             text = template("si_classify_plain.txt").format(examples=shots, instruction=instruction).rstrip()
             return Prompt(text=text)
         messages = [{"role": "system", "content": template("si_classify_chat_system.txt").strip()}]
-        for t in self.examples:
+        for t in examples:
             messages.append({"role": "user", "content": template("si_classify_chat_user.txt").format(
                 instruction=" ".join(t.instruction.split())).strip()})
             messages.append({"role": "assistant", "content": _yes_no(t.is_classification)})

@@ -19,7 +19,7 @@ from selfinstruct.backends.base import Reply, Request
 from selfinstruct.backends.scripted import ScriptedBackend
 from selfinstruct.bootstrap import Bootstrapper, make_bootstrapper
 from selfinstruct.config import ConfigError, load_config
-from selfinstruct.export import alpaca_records
+from selfinstruct.export import Outputs, alpaca_records, export
 from selfinstruct.records import Instance, Task, load_tasks
 from selfinstruct.rundir import RunDir
 from selfinstruct.self_instruct_method import SelfInstructBootstrapper
@@ -181,10 +181,23 @@ def test_instance_prompts_are_output_first_only_for_classification_tasks(scenari
 def test_classification_prompts_are_greedy_short_and_over_labelled_seeds(scenario):
     boot, backend, _ = scenario
     assert (boot.classify_params.temperature, boot.classify_params.max_new_tokens) == (0.0, 3)
+    seeds = {t.id: t for t in load_tasks(SEEDS)}
+    for r in (r for r in backend.prompts if step_of(r) == "classification"):
+        shown = [seeds[i] for i in r.meta["examples"]]
+        assert len(shown) == 12 and r.prompt.text.count("\nClassification: ") == 12
+        # Each example is shown with its own seed label, in order.
+        labels = [line.split(": ")[1] for line in r.prompt.text.splitlines() if line.startswith("Classification: ")]
+        assert labels == ["Yes" if t.is_classification else "No" for t in shown]
+    # By similarity: the classification task's nearest seeds are classification tasks.
+    animal = next(r for r in backend.prompts if step_of(r) == "classification" and asked_instruction(r) == CLF_ANIMAL)
+    assert seeds[animal.meta["examples"][-1]].is_classification is True
+
+
+def test_fixed_classification_examples_are_one_balanced_set(tmp_path):
+    _, backend = run_scenario(tmp_path, "generation.classify_examples_by=fixed", "generation.max_requests=1")
     clf = [r for r in backend.prompts if step_of(r) == "classification"]
-    shots = clf[0].prompt.text.count("\nClassification: ")
-    assert shots == 12 and clf[0].prompt.text.count("Classification: Yes") == 6
-    assert len({r.prompt.text.rsplit("Task: ", 1)[0] for r in clf}) == 1  # the same examples for every task
+    assert len({tuple(r.meta["examples"]) for r in clf}) == 1
+    assert clf[0].prompt.text.count("Classification: Yes") == 6
 
 
 def test_pool_holds_tasks_with_their_filtered_instances(scenario):
@@ -262,13 +275,27 @@ def test_step_log_records_each_instruction_once_per_step(scenario):
         ("machine_task_2", "conflicting_outputs"), ("machine_task_5", "no_valid_instances")]
 
 
-def test_export_writes_one_alpaca_record_per_instance(scenario):
+def test_export_one_record_per_instance_or_per_task(scenario, tmp_path):
     _, _, rd = scenario
     tasks = [Task.from_dict(d) for d in read(rd.pool)]
-    records = list(alpaca_records(tasks))
-    assert len(records) == 13
-    assert records[:2] == [{"instruction": CLF_ANIMAL, "input": "dog", "output": "mammal"},
-                           {"instruction": CLF_ANIMAL, "input": "snake", "output": "reptile"}]
+    def export_as(fmt: str) -> list[dict]:
+        # Export hygiene (near-duplicate instances across tasks) is the export stage's own
+        # business and tested there; here the records must mirror the pool exactly.
+        export(rd.path, {"format": fmt, "dedup": False}, Outputs(jsonl=tmp_path / f"{fmt}.jsonl"))
+        return read(tmp_path / f"{fmt}.jsonl")
+
+    alpaca = export_as("alpaca")
+    assert len(alpaca) == 13
+    assert alpaca == list(alpaca_records(tasks))
+    assert alpaca[:2] == [{"instruction": CLF_ANIMAL, "input": "dog", "output": "mammal"},
+                          {"instruction": CLF_ANIMAL, "input": "snake", "output": "reptile"}]
+    per_task = export_as("self_instruct")
+    assert [(r["instruction"], r["is_classification"], len(r["instances"])) for r in per_task] == [
+        (CLF_ANIMAL, True, 2), (POEM, False, 2), (SPANISH, False, 1), (SORT, False, 5), (CAPITAL, False, 2),
+        (VOWELS, False, 1)]
+    assert per_task[0]["instances"] == [{"input": "dog", "output": "mammal"}, {"input": "snake", "output": "reptile"}]
+    # The per-task file is in the seed schema: it can seed another run.
+    assert [t.instruction for t in load_tasks(tmp_path / "self_instruct.jsonl")] == [t.instruction for t in tasks]
 
 
 # --------------------------------------------------------------------------- styles, backends, errors

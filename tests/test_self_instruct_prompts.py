@@ -9,8 +9,8 @@ import pytest
 
 from selfinstruct.records import Instance, Task, load_tasks
 from selfinstruct.si_parsing import parse_instruction_list, parse_yes_no
-from selfinstruct.si_prompts import (ClassificationPromptBuilder, InstancePromptBuilder, InstructionPromptBuilder,
-                                     pick_classification_examples, pick_instance_examples)
+from selfinstruct.si_prompts import (ClassificationExamples, ClassificationPromptBuilder, InstancePromptBuilder,
+                                     InstructionPromptBuilder, pick_classification_examples, pick_instance_examples)
 
 MOOD = Task("s0", "Classify the mood as happy or sad.", [Instance("I won!", "happy"), Instance("I lost.", "sad")],
             is_classification=True)
@@ -63,6 +63,11 @@ def test_parse_instruction_list_truncation_empty_and_nothing():
     r = parse_instruction_list(" Name three primes.\nTask 10: Explain why the sky", "length", prefix="Task 9:")
     assert [c.instruction for c in r.candidates] == ["Name three primes."]
     assert [(x.reason, x.raw) for x in r.rejections] == [("truncated", "Explain why the sky")]
+    # The cut fell in chatter after a finished item: the item stays.
+    r = parse_instruction_list(" Name three primes.\n\nThis list of tasks is a list of", "length", prefix="Task 9:")
+    assert [c.instruction for c in r.candidates] == ["Name three primes."] and r.rejections == []
+    r = parse_instruction_list(" Name three primes.\nInput: 7, 11 and", "length", prefix="Task 9:")
+    assert [c.instruction for c in r.candidates] == ["Name three primes."] and r.rejections == []
     r = parse_instruction_list(" \nTask 10: Add two numbers together.", "stop", prefix="Task 9:")
     assert [x.reason for x in r.rejections] == ["empty_instruction"]
     assert [c.instruction for c in r.candidates] == ["Add two numbers together."]
@@ -84,8 +89,30 @@ def test_classification_examples_are_balanced_labelled_seeds():
         True: 1, False: 2}
 
 
+def test_classification_examples_by_similarity_put_the_nearest_seed_last():
+    seeds = load_tasks("seed_tasks/seed_tasks.jsonl")
+    ex = ClassificationExamples(seeds, 6, "similarity", random.Random(1))
+    picked = ex.for_instruction("Classify the sentiment of this tweet as positive or negative.")
+    assert len(picked) == 6 and len({t.id for t in picked}) == 6
+    assert picked[-1].instruction == "Classify the sentiment of this product review as positive, negative, or neutral."
+    assert picked[-1].is_classification is True
+    # A made-up word shares nothing with any seed: all six are the balanced padding.
+    assert ex.for_instruction("Zyxwv qwerty.") == ex.balanced
+    assert Counter(t.is_classification for t in ex.balanced) == {True: 3, False: 3}
+    # fixed: the same balanced set whatever the instruction.
+    fixed = ClassificationExamples(seeds, 6, "fixed", random.Random(1))
+    assert fixed.for_instruction("Classify the tweet.") == fixed.for_instruction("Write a poem.") == fixed.balanced
+
+
+def test_similarity_examples_are_padded_when_few_seeds_share_a_word():
+    ex = ClassificationExamples([MOOD, HAIKU, Task("s2", "Tell a joke.", [Instance("", "x")], is_classification=False)],
+                                3, "similarity", random.Random(0))
+    picked = ex.for_instruction("Classify the weather as sunny or rainy.")
+    assert picked[-1] is MOOD and sorted(t.id for t in picked) == ["s0", "s1", "s2"]
+
+
 def test_plain_classification_prompt_shows_labelled_examples_then_asks():
-    p = ClassificationPromptBuilder([MOOD, HAIKU], "plain").build("Is the  message spam?")
+    p = ClassificationPromptBuilder("plain").build("Is the  message spam?", [MOOD, HAIKU])
     assert p.text.endswith("Task: Classify the mood as happy or sad.\nClassification: Yes\n\n"
                            "Task: Write a haiku about rain.\nClassification: No\n\n"
                            "Task: Is the message spam?\nClassification:")
@@ -93,7 +120,7 @@ def test_plain_classification_prompt_shows_labelled_examples_then_asks():
 
 
 def test_chat_classification_prompt_gives_examples_as_turns():
-    p = ClassificationPromptBuilder([MOOD, HAIKU], "chat").build("Is the message spam?")
+    p = ClassificationPromptBuilder("chat").build("Is the message spam?", [MOOD, HAIKU])
     assert [(m["role"], m["content"]) for m in p.messages[1:]] == [
         ("user", "Task: Classify the mood as happy or sad.\nIs this a classification task?"),
         ("assistant", "Yes"),
