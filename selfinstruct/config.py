@@ -61,8 +61,10 @@ class GenerationConfig:
     classification_prompt_share: float = opt(
         0.0, "self_instruct method: share of instruction requests that use the classification-only prompt "
         "(classification seeds as examples, asks for classification tasks).")
-    classify_examples: int = opt(
-        12, "self_instruct method: labelled seed tasks (half Yes, half No) in the classification prompt.")
+    classify_examples: int = opt(12, "self_instruct method: labelled seed tasks in the classification prompt.")
+    classify_examples_by: Literal["similarity", "fixed"] = opt(
+        "similarity", "self_instruct method: similarity: the seeds most similar to the instruction (ROUGE-L), "
+        "most similar last (small models copy their neighbours' labels); fixed: one balanced set for all.")
     instance_examples: int = opt(3, "self_instruct method: seed tasks with their instances shown per instance prompt.")
     instance_temperature: float = opt(
         0.0, "self_instruct method: sampling temperature for instances (paper: 0, greedy); top_p is sampling.top_p.")
