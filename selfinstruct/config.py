@@ -313,8 +313,15 @@ def config_hash(cfg: PipelineConfig) -> str:
 
 
 def diff_fingerprints(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    """The settings that differ. A field the old run did not know (added by an upgrade of
+    selfinstruct) counts as unchanged while it keeps its default; a removed field is ignored."""
+    defaults = fingerprint(PipelineConfig())
+    changes = []
+    for k in sorted(new):
+        before = old[k] if k in old else defaults.get(k)
+        if before != new[k]:
+            changes.append(f"{k}: {before!r} -> {new[k]!r}")
+    return changes
 
 
 def describe(cls: type = PipelineConfig, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -190,3 +190,12 @@ def test_describe_lists_every_field_with_help() -> None:
     assert {"generation.target", "filters.rouge_threshold", "backend.openai.api_key_env", "backend.delay_s"} <= set(keys)
     assert all(help_text for _, _, help_text in rows)
     assert dict((k, d) for k, d, _ in rows)["generation.target"] == "100"
+
+
+def test_fields_added_by_an_upgrade_do_not_block_a_resume() -> None:
+    cfg = load_config(None, [])
+    new = fingerprint(cfg)
+    old = {k: v for k, v in new.items() if k != "filters.tokenizer"}  # a run started before that field existed
+    assert diff_fingerprints(old, new) == []
+    changed = fingerprint(load_config(None, ["filters.tokenizer=unicode"]))
+    assert diff_fingerprints(old, changed) == ["filters.tokenizer: 'rouge' -> 'unicode'"]
