@@ -1,0 +1,37 @@
+"""Exact ROUGE-L similarity search for Self-Instruct's novelty filter.
+
+`RougeLIndex` makes the same keep/reject decisions as rouge-score's ROUGE-L F-measure
+(``RougeScorer(["rougeL"]).score(pool_item, candidate).fmeasure > threshold``), float
+rounding at the threshold included, while touching only the few pool items that could
+possibly be similar: an inverted index, integer LCS bounds, and bit-parallel LCS on the
+survivors. `BruteForceRougeL` is rouge-score itself, pairwise, kept as the reference.
+"""
+
+from typing import TYPE_CHECKING
+
+from .index import RougeLIndex, Screening
+from .scoring import rouge_l_f
+from .tokenize import RougeTokenizer, Tokenizer, UnicodeTokenizer
+
+__all__ = [
+    "BruteForceRougeL",
+    "RougeLIndex",
+    "RougeTokenizer",
+    "Screening",
+    "Tokenizer",
+    "UnicodeTokenizer",
+    "rouge_l_f",
+]
+
+if TYPE_CHECKING:
+    from .brute import BruteForceRougeL
+
+
+def __getattr__(name: str):
+    # The reference imports rouge-score (and through it NLTK and absl); load it only when
+    # asked for, so that importing the index stays light.
+    if name == "BruteForceRougeL":
+        from .brute import BruteForceRougeL
+
+        return BruteForceRougeL
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
