@@ -3,8 +3,13 @@
 `RougeLIndex` makes the same keep/reject decisions as rouge-score's ROUGE-L F-measure
 (``RougeScorer(["rougeL"]).score(pool_item, candidate).fmeasure > threshold``), float
 rounding at the threshold included, while touching only the few pool items that could
-possibly be similar: an inverted index, integer LCS bounds, and bit-parallel LCS on the
-survivors. `BruteForceRougeL` is rouge-score itself, pairwise, kept as the reference.
+possibly be similar: an inverted index split by item length, integer LCS bounds, and
+bit-parallel LCS (rapidfuzz) on the survivors. `BruteForceRougeL` is rouge-score itself,
+pairwise, kept as the reference for tests and benchmarks.
+
+Tokenizers: `RougeTokenizer` (rouge-score's, optionally with its Porter stemming; the
+default) and `UnicodeTokenizer` (any script, CJK per character; NOT rouge-score
+compatible, for pools rouge-score cannot see).
 """
 
 from typing import TYPE_CHECKING
