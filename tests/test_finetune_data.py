@@ -20,7 +20,7 @@ from selfinstruct.finetune.config import FinetuneConfig, finetune_config  # noqa
 from selfinstruct.finetune.data import (IGNORE, Example, PaddedCollator, PaddingFreeCollator,  # noqa: E402
                                         as_examples, encode_example, encode_examples, load_examples,
                                         split_examples)
-from selfinstruct.finetune.trainer import NEFTuneNoise, token_loss_sum  # noqa: E402
+from selfinstruct.finetune.loss import NEFTuneNoise, packing_isolates_examples, token_loss_sum  # noqa: E402
 from selfinstruct.sft_format import PromptFormat  # noqa: E402
 
 
@@ -171,6 +171,29 @@ def test_padding_free_and_padded_batches_give_the_same_loss_and_gradients(tok):
     leaky.pop("position_ids")
     with torch.no_grad():
         assert float(token_loss_sum(model, leaky)[0]) != pytest.approx(pad_sum, rel=1e-4)
+
+
+class IgnoresPositions(torch.nn.Module):
+    """A model whose forward drops position_ids: flattened examples would see each other."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def forward(self, input_ids, position_ids=None, **kwargs):
+        return self.model(input_ids=input_ids, **kwargs)
+
+
+def test_packing_self_check_tells_isolating_models_from_leaking_ones(tok):
+    model = tiny_llama(len(tok))
+    assert packing_isolates_examples(model)
+    assert not packing_isolates_examples(IgnoresPositions(model))
+    model.train()
+    packing_isolates_examples(model)
+    assert model.training
 
 
 def test_selective_logits_equal_full_logits(tok):

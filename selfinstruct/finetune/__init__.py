@@ -17,6 +17,7 @@ Importing this package loads no torch; the heavy modules load on first use.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 
 __all__ = ["FinetuneConfig", "finetune_config", "finetune_from_pipeline", "LoraFinetuner", "FinetuneResult",
            "train_adapter", "load_adapter", "merge_adapter"]
+
+log = logging.getLogger(__name__)
 
 _LAZY = {"LoraFinetuner": "trainer", "FinetuneResult": "trainer", "train_adapter": "trainer",
          "load_adapter": "adapters", "merge_adapter": "merge"}
@@ -40,16 +43,21 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-def pipeline_data(cfg: PipelineConfig, ft: FinetuneConfig, run_dir: Path) -> Any:
-    """What a pipeline's finetune stage trains on: the pool (plus seeds if asked) or ft.data."""
+def pipeline_data(cfg: PipelineConfig, ft: FinetuneConfig, run_dir: Path) -> Path:
+    """What a pipeline's finetune stage trains on: `ft.data` if set, else the export the
+    pipeline wrote (the pool cleaned of held-out-set overlap and duplicates), else the pool."""
     if ft.data:
         return Path(ft.data)
-    if not ft.include_seeds:
-        return Path(run_dir)
-    from ..records import load_tasks
-    from .data import examples_from_tasks, load_examples
+    from ..export import parse_settings
 
-    return examples_from_tasks(load_tasks(cfg.seed_tasks)) + load_examples(run_dir)
+    s = parse_settings(cfg.export)
+    if s.jsonl and s.format in ("alpaca", "messages", "self_instruct"):
+        exported = Path(run_dir) / s.directory / f"{s.format}.jsonl"
+        if exported.exists():
+            return exported
+    log.warning("training on %s: no export of this run found (the export is what removes overlap with "
+                "evaluation sets and duplicates)", Path(run_dir) / "pool.jsonl")
+    return Path(run_dir)
 
 
 def finetune_from_pipeline(cfg: PipelineConfig, run_dir: Path, *, progress: bool = True,

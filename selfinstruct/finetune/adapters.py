@@ -54,7 +54,8 @@ def peft_config(cfg: FinetuneConfig, model: Any, tokenizer_dir: str | None = Non
     peft = require("peft", "pip install 'selfinstruct[lora]'")
     if cfg.method == "lora":
         # peft initialises A randomly and B at zero, so W0 + BA equals W0 at step 0.
-        return peft.LoraConfig(task_type="CAUSAL_LM", r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+        alpha = int(cfg.alpha) if float(cfg.alpha).is_integer() else cfg.alpha
+        return peft.LoraConfig(task_type="CAUSAL_LM", r=cfg.r, lora_alpha=alpha, lora_dropout=cfg.dropout,
                                target_modules=resolve_targets(model, cfg.target_modules), use_rslora=cfg.rslora,
                                bias="none", use_dora=False, modules_to_save=None)
     if cfg.method == "prompt_tuning":

@@ -29,9 +29,9 @@ class FinetuneConfig:
         "embeddings before the input. prefix_tuning: learned key/value prefixes in every layer.")
     base_model: str = opt("smollm2", "Model to adapt: 'smollm2' (the bundled SmolLM2-135M-Instruct), a HF id, "
                           "a local directory or a .gguf file (de-quantised to fp32 for training).")
-    data: str = opt("", "Training data: empty means the run's pool.jsonl; or a Self-Instruct, Alpaca or chat "
-                    "messages JSONL file.")
-    include_seeds: bool = opt(False, "Also train on the run's seed tasks (only when data is the run's pool).")
+    data: str = opt("", "Training data: a Self-Instruct, Alpaca or chat messages JSONL file. Empty: the run's "
+                    "export (decontaminated and deduplicated; seeds included if export.include_seeds), or its "
+                    "pool.jsonl when there is no export.")
     # LoRA
     r: int = opt(8, "LoRA rank.")
     alpha: float = opt(16, "LoRA alpha; the update is scaled by alpha/r (alpha/sqrt(r) with rslora).")

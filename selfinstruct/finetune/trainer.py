@@ -1,31 +1,31 @@
 """LoraFinetuner: LoRA (or prompt / prefix tuning) on transformers.Trainer + peft.
 
-Trainer runs the loop (optimiser, schedule, checkpoints, resume, distributed); this module
-supplies what makes it fast and exact on small data:
-  * padding-free batches (see data.py) or length-grouped padded ones;
-  * logits only where a label is: `logits_to_keep` gets the boolean target mask, so the
-    vocabulary projection and its softmax run on answer tokens only (on SmolLM2 the
-    49k-wide head is a fifth of the forward FLOPs and most of the activation memory);
-  * the loss summed per token and divided by the number of target tokens in the whole
-    accumulated batch (and across processes), so gradient accumulation and padding change
-    nothing;
-  * NEFTune noise scaled by each example's own length, which a flattened batch hides from
-    Trainer's built-in hook;
-  * a token-weighted validation loss.
+Trainer runs the loop (optimiser, schedule, checkpoints, resume, distributed); this stage
+brings its own tokenisation (data.py: offset-based label masks, padding-free batches) and
+loss (loss.py: logits only at target positions, token-weighted normalisation).
+
+A run reads examples, loads the base, splits off a validation set, wraps the base with
+peft, trains, and writes (main process only):
+
+    <out>/adapter/       adapter_config.json + adapter_model.safetensors (peft, vLLM),
+                         prompt_format.json, tokenizer, selfinstruct_adapter.json (base
+                         file and sha256, data, settings, results), README.md, loss_curve.png
+    <out>/checkpoints/   Trainer checkpoints, for --resume
+    <out>/merged/        with merge: true, the base with W0 + BA folded in
 
 The same code runs on one CPU and under `accelerate launch` on several GPUs:
 
     accelerate launch --multi_gpu --num_processes 4 $(which selfinstruct) finetune outputs/default \
         --set finetune.dtype=bfloat16
 
-Each process loads the base, takes its shard of every batch, and only the main process
-writes the adapter, the card and the merged model.
+Each process loads the base and trains on its shard of every batch (the per-device batch is
+finetune.batch_size); only the main process writes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
+import json
 import logging
 import shutil
 import time
@@ -38,12 +38,18 @@ from ..config import ConfigError
 from ..models import ModelError
 from ..sft_format import PromptFormat
 from . import adapters
-from .config import FinetuneConfig, finetune_config
-from .data import (IGNORE, EncodedSet, Example, PaddedCollator, PaddingFreeCollator, TokenizedDataset,
-                   as_examples, encode_examples, load_examples, split_examples)
+from .config import VLLM_DEFAULT_MAX_LORA_RANK, FinetuneConfig, finetune_config
+from .data import (EncodedSet, Example, PaddedCollator, PaddingFreeCollator, TokenizedDataset, as_examples,
+                   encode_examples, load_examples, split_examples)
+from .loss import NEFTuneNoise, accepts_logits_to_keep, make_trainer_class, packing_isolates_examples
 from .progress import loss_history, make_callbacks
 
 log = logging.getLogger(__name__)
+
+# Settings a resumed run may change; any other change would make the checkpoint's state wrong.
+RESUME_SAFE = {"resume", "max_steps", "epochs", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
+               "threads", "merge", "output_dir"}
+RUN_SETTINGS_FILE = "finetune_config.json"
 
 
 @dataclass
@@ -51,9 +57,9 @@ class FinetuneResult:
     adapter_dir: Path
     merged_dir: Path | None
     global_step: int
-    train_loss: float | None  # mean training loss of this run's steps
+    train_loss: float | None  # mean training loss of the steps this run took (None if it took none)
     eval_loss: float | None  # validation loss at the end (None without a validation split)
-    train_tokens: int  # real (non-pad) tokens processed by this process in this run
+    train_tokens: int  # real (non-pad) tokens this process trained on in this run
     train_runtime_s: float
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     is_main_process: bool = True  # False on the other ranks of a distributed run
@@ -102,135 +108,23 @@ def portable_spec(source: models.ModelSource) -> str:
     return source.path
 
 
-def _accepts_logits_to_keep(model: Any) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
-class NEFTuneNoise:
-    """Uniform noise on input embeddings, alpha / sqrt(L * d) with L each example's own length."""
-
-    def __init__(self, alpha: float):
-        self.alpha = alpha
-        self.lengths = None  # set by the trainer before every forward
-
-    def __call__(self, module: Any, args: Any, output: Any) -> Any:
-        if not module.training or self.lengths is None or self.alpha <= 0:
-            return output
-        lengths = self.lengths.to(output.device)
-        dim = output.shape[-1]
-        if output.shape[0] == 1 and int(lengths.sum()) == output.shape[1]:  # one flattened row
-            per = lengths.repeat_interleave(lengths).to(output.dtype).view(1, -1, 1)
-        else:  # padded rows
-            per = lengths.to(output.dtype).view(-1, 1, 1)
-        scale = self.alpha / (per * dim).sqrt()
-        return output + (output.new_empty(output.shape).uniform_(-1, 1) * scale)
-
-
-def token_loss_sum(model: Any, inputs: dict[str, Any], selective_logits: bool = True,
-                   neftune: NEFTuneNoise | None = None, per_example: bool = False) -> tuple[Any, Any]:
-    """(sum of next-token losses, number of target tokens) for one collated batch; with
-    `per_example`, two vectors with one entry per example instead.
-
-    With `selective_logits`, the model projects only the hidden states whose next token is a
-    target (`logits_to_keep` takes the boolean mask); otherwise all logits are computed and the
-    same positions picked afterwards, which prompt tuning needs (its virtual tokens come first).
-    """
-    import torch
-    import torch.nn.functional as F
-
-    inputs = dict(inputs)
-    labels = inputs.pop("labels")
-    lengths = inputs.pop("seq_lengths", None)
-    if neftune is not None:
-        neftune.lengths = lengths
-    targets = torch.full_like(labels, IGNORE)
-    targets[:, :-1] = labels[:, 1:]
-    keep = targets != IGNORE
-    if selective_logits:
-        logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
-        logits = logits.reshape(-1, logits.shape[-1])
-    else:
-        logits = model(**inputs, use_cache=False).logits
-        logits = logits[:, -labels.shape[1]:, :][keep]
-    if not per_example:
-        return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), keep.sum()
-    token_loss = F.cross_entropy(logits.float(), targets[keep], reduction="none")
-    if labels.shape[0] == 1 and lengths is not None and len(lengths) > 1:  # one flattened row
-        example_of = torch.repeat_interleave(torch.arange(len(lengths), device=labels.device),
-                                             lengths.to(labels.device))[keep[0]]
-        n = len(lengths)
-    else:
-        example_of = keep.nonzero()[:, 0]
-        n = labels.shape[0]
-    sums = torch.zeros(n, device=token_loss.device, dtype=token_loss.dtype).index_add_(0, example_of, token_loss)
-    counts = torch.zeros(n, device=labels.device, dtype=torch.long).index_add_(0, example_of,
-                                                                              torch.ones_like(example_of))
-    return sums, counts
-
-
-def _make_trainer_class():
-    import torch
-    from transformers import Trainer
-
-    class SelectiveLossTrainer(Trainer):
-        """Trainer whose loss projects only the positions that have a target token."""
-
-        loss_is_scaled_for_ga = True
-
-        def __init__(self, *args: Any, selective_logits: bool = True, neftune: NEFTuneNoise | None = None,
-                     **kwargs: Any):
-            super().__init__(*args, **kwargs)
-            self.selective_logits = selective_logits
-            self.neftune = neftune
-            self.tokens_seen = 0
-            # Have Trainer count target tokens over the accumulated batch and all processes.
-            self.model_accepts_loss_kwargs = True
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if model.training and "seq_lengths" in inputs:
-                self.tokens_seen += int(inputs["seq_lengths"].sum())
-            loss_sum, count = token_loss_sum(model, inputs, self.selective_logits, self.neftune)
-            denom = num_items_in_batch if num_items_in_batch is not None else count
-            loss = loss_sum / torch.as_tensor(denom, device=loss_sum.device).clamp(min=1)
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                # num_items_in_batch counts every process's tokens, and DDP averages gradients.
-                loss = loss * self.accelerator.num_processes
-            return (loss, None) if return_outputs else loss
-
-        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-            """Validation loss per target token over the whole split (not a mean of batch means)."""
-            loader = self.get_eval_dataloader(eval_dataset)
-            model = self.model
-            was_training = model.training
-            model.eval()
-            total = torch.zeros((), device=self.args.device, dtype=torch.float64)
-            count = torch.zeros((), device=self.args.device, dtype=torch.long)
-            with torch.no_grad():
-                for batch in loader:
-                    batch = self._prepare_inputs(batch)
-                    sums, counts = token_loss_sum(model, batch, self.selective_logits, per_example=True)
-                    # Per example, so that the samples accelerate repeats to even out shards are dropped.
-                    sums, counts = self.accelerator.gather_for_metrics((sums, counts))
-                    total += sums.sum().double()
-                    count += counts.sum()
-            model.train(was_training)
-            metrics = {f"{metric_key_prefix}_loss": float(total / count.clamp(min=1))}
-            self.log(metrics)
-            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-            return metrics
-
-    return SelectiveLossTrainer
-
-
 # --------------------------------------------------------------------------- the finetuner
+
+@dataclass
+class _Data:
+    source: str
+    fmt: PromptFormat
+    train: EncodedSet
+    val: EncodedSet
+
 
 class LoraFinetuner:
     """Finetune a base model on instruction examples and save a PEFT adapter.
 
     `model`/`tokenizer` may be given (e.g. a tiny test model); peft wraps `model` in place,
     so pass a copy if you still need the plain base. `base_info` then says where the base
-    lives on disk ({"spec": directory}) so `load_adapter` can find it again.
+    lives on disk ({"spec": directory}) so `load_adapter` can find it again. `callbacks` are
+    extra transformers TrainerCallbacks.
     """
 
     def __init__(self, config: FinetuneConfig | dict[str, Any] | None = None, *, model: Any = None,
@@ -244,71 +138,102 @@ class LoraFinetuner:
         self.base_info = base_info
         self.progress = progress
         self.extra_callbacks = list(callbacks)
-        self.trainer: Any = None
+        self.trainer: Any = None  # the transformers Trainer of the last run
 
-    # ---- inputs
-
-    def _load_base(self) -> tuple[Any, Any, dict[str, Any], str | None]:
-        cfg = self.config
-        if self.model is not None:
-            info = dict(self.base_info or {"spec": "<in-memory model>", "kind": "object"})
-            tok_dir = info.get("path") or (info["spec"] if Path(str(info["spec"])).is_dir() else None)
-            return self.model, self.tokenizer, info, tok_dir
-        source = models.resolve(cfg.base_model)
-        t0 = time.perf_counter()
-        model, tok = models.load_model(source, dtype=cfg.dtype, device="cpu")  # Trainer places it
-        info = models.source_info(source)
-        info["spec"] = portable_spec(source)
-        if source.kind == "gguf":
-            info["file"] = Path(source.path).name
-            info["loaded_from"] = models.local_dir(source)
-        log.info("loaded base %s in %.1fs", source.display, time.perf_counter() - t0)
-        return model, tok, info, models.local_dir(source)
-
-    def _examples(self, data: Any, run_dir: Path | None) -> tuple[list[Example], str]:
-        if isinstance(data, (str, Path)):
-            return load_examples(data), str(data)
-        if data is None:
-            if run_dir is None:
-                raise ConfigError("no training data: give a run directory or a JSONL file")
-            return load_examples(run_dir), str(run_dir / "pool.jsonl")
-        return as_examples(data), "in-memory records"
-
-    # ---- the run
-
-    def train(self, data: str | Path | Iterable[Any] | None, out_dir: str | Path) -> FinetuneResult:
-        """Train on `data` (a run dir, a JSONL file, or records) and write under `out_dir`:
-        adapter/ (or config.output_dir), checkpoints/, and merged/ when asked."""
-        import torch
+    def train(self, data: str | Path | Iterable[Any], out_dir: str | Path) -> FinetuneResult:
+        """Train on `data` (a run directory, a task JSONL file, or records: Examples, Tasks,
+        (instruction, input, output) tuples, Alpaca dicts) and write under `out_dir`."""
         import transformers
-        from peft import get_peft_model
 
         cfg = self.config
         out_dir = Path(out_dir)
         adapter_dir = Path(cfg.output_dir) if cfg.output_dir else out_dir / "adapter"
         ckpt_dir = out_dir / "checkpoints"
         if cfg.threads:
+            import torch
+
             torch.set_num_threads(cfg.threads)
         transformers.set_seed(cfg.seed)
 
-        examples, data_source = self._examples(data, out_dir if data is None else None)
-        if not examples:
-            raise ConfigError(f"no training examples in {data_source}")
+        examples, source = self._read(data)
         model, tok, base_info, tok_dir = self._load_base()
+        prepared = self._encode(examples, source, tok)
+        peft_model = self._wrap(model, base_info, tok_dir)
+        trainer = self._trainer(peft_model, tok, prepared, ckpt_dir)
+        resume_from = self._checkpoint_to_resume(ckpt_dir, trainer.is_world_process_zero())
+
+        t0 = time.perf_counter()
+        output = trainer.train(resume_from_checkpoint=resume_from)
+        runtime = time.perf_counter() - t0
+        if trainer.neftune is not None:
+            trainer.neftune.handle.remove()  # the model we hand back adds no noise
+        eval_loss = self._final_eval_loss(trainer) if prepared.val.rows else None
+
+        result = FinetuneResult(adapter_dir, None, trainer.state.global_step,
+                                output.training_loss if trainer.tokens_seen else None, eval_loss,
+                                trainer.tokens_seen, runtime, loss_history(trainer.state.log_history),
+                                trainer.is_world_process_zero())
+        if result.is_main_process:
+            self._save(peft_model, tok, base_info, prepared, result)
+            if cfg.merge:
+                from .merge import merge_trained
+
+                result.merged_dir = merge_trained(peft_model, tok, prepared.fmt, out_dir / "merged", adapter_dir)
+        trainer.accelerator.wait_for_everyone()
+        return result
+
+    # ---- steps of a run
+
+    def _read(self, data: Any) -> tuple[list[Example], str]:
+        if isinstance(data, (str, Path)):
+            path = Path(data)
+            examples, source = load_examples(path), str(path / "pool.jsonl" if path.is_dir() else path)
+        else:
+            examples, source = as_examples(data), "in-memory records"
+        if not examples:
+            raise ConfigError(f"no training examples in {source}")
+        return examples, source
+
+    def _load_base(self) -> tuple[Any, Any, dict[str, Any], str | None]:
+        """(model, tokenizer, what to record about the base, a directory holding its tokenizer)."""
+        if self.model is not None:
+            model, tok = self.model, self.tokenizer
+            info = dict(self.base_info or {"spec": "<in-memory model>", "kind": "object"})
+            tok_dir = info.get("path") or (info["spec"] if Path(str(info["spec"])).is_dir() else None)
+        else:
+            source = models.resolve(self.config.base_model)
+            t0 = time.perf_counter()
+            model, tok = models.load_model(source, dtype=self.config.dtype, device="cpu")  # Trainer places it
+            info = models.source_info(source)  # for a GGUF file: its path and sha256
+            info["spec"] = portable_spec(source)
+            tok_dir = models.local_dir(source)
+            if source.kind == "gguf":
+                info["file"] = Path(source.path).name
+                info["loaded_from"] = tok_dir
+            log.info("loaded base %s in %.1fs", source.display, time.perf_counter() - t0)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         clear_dequantized_flags(model)
-        fmt = PromptFormat.for_tokenizer(tok, prefer=cfg.prompt_format)
-
-        train_ex, val_ex = split_examples(examples, cfg.val_fraction, cfg.seed)
-        train_set = encode_examples(tok, fmt, train_ex, cfg.loss, cfg.max_length)
-        val_set = encode_examples(tok, fmt, val_ex, cfg.loss, cfg.max_length)
-        if not train_set.rows:
-            raise ConfigError(f"every training example was dropped: raise finetune.max_length above {cfg.max_length}")
-        log.info("%d training examples (%d tokens, %d trained), %d validation; prompt format %s; loss %s",
-                 len(train_set.rows), train_set.tokens, train_set.target_tokens, len(val_set.rows), fmt.kind, cfg.loss)
-
         model.config.use_cache = False  # a cache is useless in training and wrong for flattened batches
+        return model, tok, info, tok_dir
+
+    def _encode(self, examples: list[Example], source: str, tok: Any) -> _Data:
+        cfg = self.config
+        fmt = PromptFormat.for_tokenizer(tok, prefer=cfg.prompt_format)
+        train_ex, val_ex = split_examples(examples, cfg.val_fraction, cfg.seed)
+        train = encode_examples(tok, fmt, train_ex, cfg.loss, cfg.max_length)
+        val = encode_examples(tok, fmt, val_ex, cfg.loss, cfg.max_length)
+        if not train.rows:
+            raise ConfigError(f"every training example was dropped: raise finetune.max_length above {cfg.max_length}")
+        log.info("%d training examples (%d tokens, %d with loss), %d validation; prompt format %s; loss %s",
+                 len(train.rows), train.tokens, train.target_tokens, len(val.rows), fmt.kind, cfg.loss)
+        return _Data(source, fmt, train, val)
+
+    def _wrap(self, model: Any, base_info: dict[str, Any], tok_dir: str | None) -> Any:
+        import transformers
+        from peft import get_peft_model
+
+        cfg = self.config
         transformers.set_seed(cfg.seed)  # the adapter's initialisation depends on the seed alone
         peft_model = get_peft_model(model, adapters.peft_config(cfg, model, tok_dir))
         peft_cfg = peft_model.peft_config["default"]
@@ -318,52 +243,39 @@ class LoraFinetuner:
         log.info("%s: %d trainable parameters (%.3f%% of %d)", cfg.method, trainable, 100 * trainable / total, total)
         if cfg.gradient_checkpointing:
             peft_model.enable_input_require_grads()
+        return peft_model
 
-        selective = cfg.method == "lora" and _accepts_logits_to_keep(peft_model)
-        neftune = NEFTuneNoise(cfg.neftune_alpha) if cfg.neftune_alpha > 0 else None
-        if neftune is not None:
-            hook = peft_model.get_input_embeddings().register_forward_hook(neftune)
-        args = self._training_args(cfg, ckpt_dir, has_val=bool(val_set.rows))
-        trainer_cls = _make_trainer_class()
-        collator = PaddingFreeCollator() if cfg.padding_free else PaddedCollator(tok.pad_token_id)
-        trainer = trainer_cls(model=peft_model, args=args, data_collator=collator,
-                              train_dataset=TokenizedDataset(train_set.rows),
-                              eval_dataset=TokenizedDataset(val_set.rows) if val_set.rows else None,
-                              selective_logits=selective, neftune=neftune)
+    def _trainer(self, peft_model: Any, tok: Any, data: _Data, ckpt_dir: Path) -> Any:
+        cfg = self.config
+        padding_free = cfg.padding_free
+        if padding_free and not packing_isolates_examples(peft_model):
+            log.warning("%s lets flattened examples attend to each other; using length-grouped padded batches",
+                        type(peft_model.get_base_model()).__name__)
+            padding_free = False
+        neftune = None
+        if cfg.neftune_alpha > 0:
+            neftune = NEFTuneNoise(cfg.neftune_alpha)
+            neftune.handle = peft_model.get_input_embeddings().register_forward_hook(neftune)
+        trainer = make_trainer_class()(
+            model=peft_model, args=self._training_args(ckpt_dir, bool(data.val.rows), padding_free),
+            data_collator=PaddingFreeCollator() if padding_free else PaddedCollator(tok.pad_token_id),
+            train_dataset=TokenizedDataset(data.train.rows),
+            eval_dataset=TokenizedDataset(data.val.rows) if data.val.rows else None,
+            selective_logits=cfg.method == "lora" and accepts_logits_to_keep(peft_model), neftune=neftune)
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(PrinterCallback)  # it prints raw log dicts to stdout
+        trainer.remove_callback(ProgressCallback)  # ours shows loss and tokens/s
+        for cb in make_callbacks(lambda: trainer.tokens_seen, bar=self.progress) + self.extra_callbacks:
+            trainer.add_callback(cb)
         self.trainer = trainer
-        self._swap_callbacks(trainer)
+        return trainer
 
-        resume_from = self._checkpoint_to_resume(ckpt_dir, trainer.is_world_process_zero())
-        t0 = time.perf_counter()
-        output = trainer.train(resume_from_checkpoint=resume_from)
-        runtime = time.perf_counter() - t0
-        if neftune is not None:
-            hook.remove()
-        eval_loss = None
-        if val_set.rows:
-            evals = [e for e in trainer.state.log_history if "eval_loss" in e]
-            # The schedule may have just evaluated at this very step; do not run it twice.
-            done = bool(evals) and evals[-1].get("step") == trainer.state.global_step
-            eval_loss = evals[-1]["eval_loss"] if done else trainer.evaluate()["eval_loss"]
-
-        history = loss_history(trainer.state.log_history)
-        result = FinetuneResult(adapter_dir, None, trainer.state.global_step,
-                                output.training_loss if output.global_step else None, eval_loss,
-                                trainer.tokens_seen, runtime, history, trainer.is_world_process_zero())
-        if trainer.is_world_process_zero():
-            self._save(peft_model, tok, fmt, cfg, base_info, data_source, train_set, val_set, result)
-            if cfg.merge:
-                from .merge import merge_trained
-
-                result.merged_dir = merge_trained(peft_model, tok, fmt, out_dir / "merged", adapter_dir)
-        trainer.accelerator.wait_for_everyone()
-        return result
-
-    def _training_args(self, cfg: FinetuneConfig, ckpt_dir: Path, has_val: bool) -> Any:
+    def _training_args(self, ckpt_dir: Path, has_val: bool, padding_free: bool) -> Any:
         import torch
         from transformers import TrainingArguments
 
-        eval_strategy = ("steps" if cfg.eval_steps else "epoch") if has_val else "no"
+        cfg = self.config
         kwargs: dict[str, Any] = dict(
             output_dir=str(ckpt_dir),
             per_device_train_batch_size=cfg.batch_size,
@@ -376,7 +288,7 @@ class LoraFinetuner:
             weight_decay=cfg.weight_decay,
             max_grad_norm=cfg.max_grad_norm,
             logging_steps=cfg.logging_steps,
-            eval_strategy=eval_strategy,
+            eval_strategy=("steps" if cfg.eval_steps else "epoch") if has_val else "no",
             eval_steps=cfg.eval_steps or None,
             save_strategy="steps" if cfg.save_steps else "epoch",
             save_steps=cfg.save_steps or 500,
@@ -387,7 +299,7 @@ class LoraFinetuner:
             dataloader_num_workers=0,
             use_cpu=not torch.cuda.is_available(),
             report_to=[],
-            disable_tqdm=True,  # our own bar shows loss and tokens/s
+            disable_tqdm=True,
         )
         # Names that changed across transformers releases: use the ones this version has.
         fields = TrainingArguments.__dataclass_fields__
@@ -396,60 +308,69 @@ class LoraFinetuner:
         else:
             kwargs["warmup_steps"] = cfg.warmup_ratio  # a float below 1 is a share of the steps
         if "train_sampling_strategy" in fields:
-            kwargs["train_sampling_strategy"] = "random" if cfg.padding_free else "group_by_length"
+            kwargs["train_sampling_strategy"] = "random" if padding_free else "group_by_length"
         else:
-            kwargs["group_by_length"] = not cfg.padding_free
+            kwargs["group_by_length"] = not padding_free
         ckpt = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
         kwargs[ckpt] = cfg.gradient_checkpointing
         if cfg.gradient_checkpointing:
             kwargs[ckpt + "_kwargs"] = {"use_reentrant": False}
         return TrainingArguments(**kwargs)
 
-    def _swap_callbacks(self, trainer: Any) -> None:
-        from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-        trainer.remove_callback(PrinterCallback)
-        trainer.remove_callback(ProgressCallback)
-        for cb in make_callbacks(lambda: trainer.tokens_seen, bar=self.progress) + self.extra_callbacks:
-            trainer.add_callback(cb)
-
     def _checkpoint_to_resume(self, ckpt_dir: Path, main: bool) -> str | None:
+        """The checkpoint to continue from, after checking it was made with these settings."""
         from transformers.trainer_utils import get_last_checkpoint
 
+        settings = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in RESUME_SAFE}
+        recorded = ckpt_dir / RUN_SETTINGS_FILE
         last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
-        if self.config.resume:
-            if last is None:
-                log.warning("resume asked for, but %s holds no checkpoint; training from the start", ckpt_dir)
-            else:
-                log.info("resuming from %s", last)
+        if self.config.resume and last is not None:
+            old = json.loads(recorded.read_text(encoding="utf-8")) if recorded.exists() else settings
+            changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
+            if changed:
+                raise ConfigError(f"cannot resume from {last}: it was trained with other settings:\n  "
+                                  + "\n  ".join(changed) + "\nRestore them, or start afresh without --resume.")
+            log.info("resuming from %s", last)
             return last
-        if last is not None and main:
-            old = sorted(ckpt_dir.glob("checkpoint-*"))
-            log.warning("starting afresh: removing %d checkpoint(s) of an earlier run in %s (use --resume to "
-                        "continue from them)", len(old), ckpt_dir)
-            for d in old:
-                shutil.rmtree(d, ignore_errors=True)
+        if self.config.resume:
+            log.warning("resume asked for, but %s holds no checkpoint; training from the start", ckpt_dir)
+        if main:
+            if last is not None:
+                old_ckpts = sorted(ckpt_dir.glob("checkpoint-*"))
+                log.warning("starting afresh: removing %d checkpoint(s) of an earlier run in %s (use --resume to "
+                            "continue from them)", len(old_ckpts), ckpt_dir)
+                for d in old_ckpts:
+                    shutil.rmtree(d, ignore_errors=True)
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            recorded.write_text(json.dumps(settings, indent=2, default=str), encoding="utf-8")
         return None
+
+    @staticmethod
+    def _final_eval_loss(trainer: Any) -> float:
+        evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+        # The schedule often evaluates at the very last step; do not run it twice.
+        if evals and evals[-1].get("step") == trainer.state.global_step:
+            return float(evals[-1]["eval_loss"])
+        return float(trainer.evaluate()["eval_loss"])
 
     # ---- outputs
 
-    def _save(self, peft_model: Any, tok: Any, fmt: PromptFormat, cfg: FinetuneConfig, base_info: dict[str, Any],
-              data_source: str, train_set: EncodedSet, val_set: EncodedSet, result: FinetuneResult) -> None:
-        import json
-
+    def _save(self, peft_model: Any, tok: Any, base_info: dict[str, Any], data: _Data,
+              result: FinetuneResult) -> None:
         import peft
         import torch
         import transformers
 
         from .card import write_card
 
+        cfg = self.config
         adapter_dir = result.adapter_dir
         adapter_dir.mkdir(parents=True, exist_ok=True)
         peft_model.save_pretrained(str(adapter_dir))
         tok.save_pretrained(str(adapter_dir))
-        fmt.save(adapter_dir)
+        data.fmt.save(adapter_dir)
         adapter_cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
-        problems = adapters.vllm_problems(adapter_cfg, max(cfg.max_lora_rank, 16))
+        problems = adapters.vllm_problems(adapter_cfg, max(cfg.max_lora_rank, VLLM_DEFAULT_MAX_LORA_RANK))
         for p in problems:
             log.warning("vLLM will not load this adapter as it is: %s", p)
         meta = {
@@ -457,11 +378,11 @@ class LoraFinetuner:
             "method": cfg.method,
             "learning_rate": cfg.lr,
             "config": dataclasses.asdict(cfg),
-            "prompt_format": fmt.kind,
-            "data": {"source": data_source, "train_examples": len(train_set.rows),
-                     "validation_examples": len(val_set.rows), "train_tokens": train_set.tokens,
-                     "train_target_tokens": train_set.target_tokens,
-                     "dropped_too_long": train_set.dropped + val_set.dropped},
+            "prompt_format": data.fmt.kind,
+            "data": {"source": data.source, "train_examples": len(data.train.rows),
+                     "validation_examples": len(data.val.rows), "train_tokens": data.train.tokens,
+                     "train_target_tokens": data.train.target_tokens,
+                     "dropped_too_long": data.train.dropped + data.val.dropped},
             "results": {"global_step": result.global_step, "train_loss": result.train_loss,
                         "eval_loss": result.eval_loss, "train_runtime_s": round(result.train_runtime_s, 2),
                         "tokens_per_s": round(result.tokens_per_s, 1)},
