@@ -36,9 +36,9 @@ import logging
 import math
 import os
 import queue
+import random
 import re
 import threading
-import random
 import time
 from collections import Counter
 from dataclasses import dataclass
