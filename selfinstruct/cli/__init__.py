@@ -21,7 +21,7 @@ class CliError(Exception):
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "datasets", "fsspec"):
+    for noisy in ("httpx", "httpcore", "httpx2", "httpcore2", "openai", "urllib3", "filelock", "datasets", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -45,12 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    from ..backends.base import BackendError
     from ..models import ModelError
     from ..rundir import RunLockedError
 
     try:
         return int(args.func(args) or 0)
-    except (CliError, ConfigError, TaskFormatError, ModelError, RunLockedError, FileNotFoundError) as e:
+    except (CliError, ConfigError, TaskFormatError, ModelError, BackendError, RunLockedError,
+            FileNotFoundError) as e:
         print(f"selfinstruct: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
