@@ -66,6 +66,8 @@ class GenerationConfig:
         "similarity", "self_instruct method: similarity: the seeds most similar to the instruction (ROUGE-L), "
         "most similar last (small models copy their neighbours' labels); fixed: one balanced set for all.")
     instance_examples: int = opt(3, "self_instruct method: seed tasks with their instances shown per instance prompt.")
+    instance_prompt_style: Literal["same", "chat", "plain"] = opt(
+        "same", "self_instruct method: prompt style of the instance step; same: generation.prompt_style.")
     instance_temperature: float = opt(
         0.0, "self_instruct method: sampling temperature for instances (paper: 0, greedy); top_p is sampling.top_p.")
     instance_max_new_tokens: int = opt(300, "self_instruct method: token limit per instance reply (paper: 300).")

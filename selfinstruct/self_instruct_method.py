@@ -84,6 +84,15 @@ def _check_config(cfg: PipelineConfig) -> None:
         raise ConfigError("generation.instance_max_new_tokens must be >= 1 and instance_temperature >= 0")
 
 
+def _instance_style(wanted: str, style: str, backend: LMBackend) -> str:
+    if wanted == "same":
+        return style
+    if not getattr(backend, f"supports_{wanted}", True):
+        raise ConfigError(f"generation.instance_prompt_style={wanted}, but backend {backend.name} does not take "
+                          f"{wanted} prompts; set it to same")
+    return wanted
+
+
 class SelfInstructBootstrapper(Bootstrapper):
     pool_class = StagedTaskPool
     pool: StagedTaskPool
@@ -109,7 +118,8 @@ class SelfInstructBootstrapper(Bootstrapper):
         self.classify_examples = ClassificationExamples(
             self.pool.seeds, g.classify_examples, g.classify_examples_by, random.Random(f"{g.seed}:classify"),
             UnicodeTokenizer() if cfg.filters.tokenizer == "unicode" else None)
-        self.instance_builder = InstancePromptBuilder(self.style, g.instances_per_task, prefill)
+        self.instance_style = _instance_style(g.instance_prompt_style, self.style, backend)
+        self.instance_builder = InstancePromptBuilder(self.instance_style, g.instances_per_task, prefill)
         n_examples = min(g.num_prompt_tasks, len(seeds) + g.num_machine_tasks)
         self.params = GenerationParams(
             temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p, max_new_tokens=cfg.sampling.max_new_tokens,

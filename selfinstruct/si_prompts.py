@@ -91,10 +91,10 @@ class ClassificationExamples:
 
     `similarity`: the `n` labelled seeds most similar to the instruction (ROUGE-L), the most
     similar last, padded with balanced ones when fewer share a word with it. `fixed`: one
-    balanced set for every instruction, as the paper's prompt was. Measured on 24 held-out
-    tasks (12 classification) with SmolLM2-135M-Instruct, greedy: fixed examples get 0.54
-    accuracy (it answers No to nearly everything); the nearest seeds get 0.83 (plain) and
-    0.88 (chat), because a small model copies its neighbours' labels.
+    balanced set for every instruction, as the paper's prompt was. On 24 held-out tasks (12
+    classification) SmolLM2-135M-Instruct answers greedily with 0.50 accuracy after fixed
+    examples (No to nearly everything) and 0.83 (plain) / 0.88 (chat) after the nearest
+    seeds, because a small model copies its neighbours' labels (benchmarks/bench_si_classify.py).
     """
 
     def __init__(self, seeds: Sequence[Task], n: int, by: Literal["similarity", "fixed"] = "similarity",

@@ -317,6 +317,22 @@ def test_chat_style_with_and_without_prefill_gives_the_same_pool(tmp_path, scena
     assert chat_pool == plain_pool
 
 
+def test_instance_step_may_use_its_own_prompt_style(tmp_path, scenario):
+    _, _, plain_rd = scenario
+    boot, backend = run_scenario(tmp_path, "generation.instance_prompt_style=chat",
+                                 backend=PrefillingBackend(scenario_reply))
+    styles = {step_of(r): ("chat" if r.prompt.messages is not None else "plain") for r in backend.prompts}
+    assert styles == {"instructions": "plain", "classification": "plain", "instances": "chat"}
+    assert [t.to_dict()["instances"] for t in boot.pool.machine] == [d["instances"] for d in read(plain_rd.pool)]
+
+    class PlainOnly(ScriptedBackend):
+        supports_chat = False
+
+    with pytest.raises(ConfigError, match="instance_prompt_style=chat.*does not take chat prompts"):
+        SelfInstructBootstrapper(make_cfg(tmp_path, "generation.instance_prompt_style=chat"),
+                                 PlainOnly(["x"]), load_tasks(SEEDS))
+
+
 def test_failed_requests_reject_the_task_and_are_counted(tmp_path):
     def reply(req):
         if step_of(req) == "instances" and asked_instruction(req) == POEM:
