@@ -113,9 +113,12 @@ def test_saved_adapter_reproduces_the_trained_logits(base_dir, tmp_path, tok):
     assert meta["data"]["train_examples"] == 9 and meta["data"]["validation_examples"] == 3
     assert meta["results"]["global_step"] == 3 and meta["results"]["eval_loss"] == pytest.approx(result.eval_loss)
     assert [s for s, _ in meta["history"]["train"]] == [1, 2, 3]
+    assert meta["history"]["validation"][0] == [0, result.initial_eval_loss]  # the baseline before step 1
+    assert meta["history"]["validation"][-1] == [3, pytest.approx(result.eval_loss)]
     card = (adapter / "README.md").read_text()
     assert "r=8, alpha=16" in card and "q, v" in card and "9 training examples" in card
     assert "--max-lora-rank 8" in card and "![loss curve](loss_curve.png)" in card
+    assert f"(before training: {result.initial_eval_loss:.4g})" in card
     assert (adapter / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

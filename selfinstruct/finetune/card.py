@@ -103,7 +103,9 @@ def render_card(meta: dict[str, Any], has_curve: bool) -> str:
         "",
         f"- steps: {res['global_step']}",
         f"- mean training loss: {_fmt(res['train_loss'])}",
-        f"- validation loss: {_fmt(res['eval_loss'])}",
+        f"- validation loss: {_fmt(res['eval_loss'])}" + (
+            f" (before training: {_fmt(res['initial_eval_loss'])})" if res.get("initial_eval_loss") is not None
+            else ""),
         f"- training time: {_fmt(res['train_runtime_s'])} s, {_fmt(res['tokens_per_s'])} tokens/s (no padding counted)",
         "",
     ]

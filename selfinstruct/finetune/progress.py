@@ -38,15 +38,19 @@ def make_callbacks(tokens_seen: Callable[[], int], bar: bool = True) -> list[Any
                 self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="finetune", unit="step",
                                 dynamic_ncols=True)
 
+        def show(self, state) -> None:
+            if self.bar is None:
+                return
+            self.bar.update(state.global_step - self.bar.n)
+            post = {"tok/s": f"{self.tok_s():.0f}"}
+            if self.last_loss is not None:
+                post["loss"] = f"{self.last_loss:.4f}"
+            if self.last_eval is not None:
+                post["val"] = f"{self.last_eval:.4f}"
+            self.bar.set_postfix(post)
+
         def on_step_end(self, args, state, control, **kw):
-            if self.bar is not None:
-                self.bar.update(state.global_step - self.bar.n)
-                post = {"tok/s": f"{self.tok_s():.0f}"}
-                if self.last_loss is not None:
-                    post["loss"] = f"{self.last_loss:.4f}"
-                if self.last_eval is not None:
-                    post["val"] = f"{self.last_eval:.4f}"
-                self.bar.set_postfix(post, refresh=False)
+            self.show(state)
 
         def on_log(self, args, state, control, logs=None, **kw):
             logs = logs or {}
@@ -59,6 +63,7 @@ def make_callbacks(tokens_seen: Callable[[], int], bar: bool = True) -> list[Any
                 self.last_eval = float(logs["eval_loss"])
                 if state.is_world_process_zero:
                     log.info("step %d  validation loss %.4f", state.global_step, self.last_eval)
+            self.show(state)
 
         def on_train_end(self, args, state, control, **kw):
             if self.bar is not None:

@@ -29,6 +29,7 @@ import json
 import logging
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -63,6 +64,7 @@ class FinetuneResult:
     train_runtime_s: float
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     is_main_process: bool = True  # False on the other ranks of a distributed run
+    initial_eval_loss: float | None = None  # validation loss before the first step (fresh runs only)
 
     @property
     def tokens_per_s(self) -> float:
@@ -162,6 +164,8 @@ class LoraFinetuner:
         trainer = self._trainer(peft_model, tok, prepared, ckpt_dir)
         resume_from = self._checkpoint_to_resume(ckpt_dir, trainer.is_world_process_zero())
 
+        # The validation loss before any step: the baseline the curve and the card compare with.
+        initial_eval = trainer.evaluate()["eval_loss"] if prepared.val.rows and resume_from is None else None
         t0 = time.perf_counter()
         output = trainer.train(resume_from_checkpoint=resume_from)
         runtime = time.perf_counter() - t0
@@ -172,7 +176,9 @@ class LoraFinetuner:
         result = FinetuneResult(adapter_dir, None, trainer.state.global_step,
                                 output.training_loss if trainer.tokens_seen else None, eval_loss,
                                 trainer.tokens_seen, runtime, loss_history(trainer.state.log_history),
-                                trainer.is_world_process_zero())
+                                trainer.is_world_process_zero(), initial_eval)
+        if initial_eval is not None:
+            result.history["validation"].insert(0, (0, initial_eval))
         if result.is_main_process:
             self._save(peft_model, tok, base_info, prepared, result)
             if cfg.merge:
@@ -235,7 +241,10 @@ class LoraFinetuner:
 
         cfg = self.config
         transformers.set_seed(cfg.seed)  # the adapter's initialisation depends on the seed alone
-        peft_model = get_peft_model(model, adapters.peft_config(cfg, model, tok_dir))
+        with warnings.catch_warnings():
+            # peft asks the model through a name transformers has deprecated; nothing for a user to change.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_model = get_peft_model(model, adapters.peft_config(cfg, model, tok_dir))
         peft_cfg = peft_model.peft_config["default"]
         if not peft_cfg.base_model_name_or_path:
             peft_cfg.base_model_name_or_path = str(base_info.get("spec"))
@@ -384,7 +393,8 @@ class LoraFinetuner:
                      "train_target_tokens": data.train.target_tokens,
                      "dropped_too_long": data.train.dropped + data.val.dropped},
             "results": {"global_step": result.global_step, "train_loss": result.train_loss,
-                        "eval_loss": result.eval_loss, "train_runtime_s": round(result.train_runtime_s, 2),
+                        "eval_loss": result.eval_loss, "initial_eval_loss": result.initial_eval_loss,
+                        "train_runtime_s": round(result.train_runtime_s, 2),
                         "tokens_per_s": round(result.tokens_per_s, 1)},
             "history": result.history,
             "vllm": {"loads": not problems, "problems": problems,
