@@ -4,7 +4,6 @@ continues, prompt / prefix tuning work, GGUF-loaded bases train, and the CLI cha
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
