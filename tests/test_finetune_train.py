@@ -117,7 +117,8 @@ def test_saved_adapter_reproduces_the_trained_logits(base_dir, tmp_path, tok):
     card = (adapter / "README.md").read_text()
     assert "r=8, alpha=16" in card and "q, v" in card and "9 training examples" in card
     assert "--max-lora-rank 8" in card and "![loss curve](loss_curve.png)" in card
-    assert f"(before training: {result.initial_eval_loss:.4g})" in card
+    assert f"(before training: {result.initial_eval_loss:.4g})" in card and "| batching | padding-free |" in card
+    assert "base_model:" not in card  # a local directory is no Hub id
     assert (adapter / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -289,5 +290,7 @@ def test_bundled_smollm2_gguf_trains_and_records_its_file(tmp_path):
     assert meta["base_model"]["spec"] == "smollm2" and meta["base_model"]["kind"] == "gguf"
     assert meta["base_model"]["file"] == models.BUNDLED_FILE
     assert meta["base_model"]["sha256"] == models.file_sha256(source.path)
-    assert f"sha256 `{meta['base_model']['sha256']}`" in (result.adapter_dir / "README.md").read_text()
+    card = (result.adapter_dir / "README.md").read_text()
+    assert f"sha256 `{meta['base_model']['sha256']}`" in card
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card  # what the Hub and vLLM know it as
     assert result.train_loss is not None and 0 < result.train_loss < 10

@@ -39,6 +39,18 @@ def plot_loss(history: dict[str, list[tuple[int, float]]], path: Path) -> Path |
     return path
 
 
+# The bundled GGUF is a quantisation of this Hub model, which is what vLLM and the Hub know.
+BUNDLED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def hub_id_of(base: dict[str, Any]) -> str | None:
+    from ..models import BUNDLED
+
+    if str(base.get("spec", "")).lower() in BUNDLED:
+        return BUNDLED_HUB_ID
+    return base.get("spec") if base.get("kind") == "hub" else None
+
+
 def _fmt(x: Any) -> str:
     if isinstance(x, float):
         return f"{x:.4g}"
@@ -48,6 +60,7 @@ def _fmt(x: Any) -> str:
 def render_card(meta: dict[str, Any], has_curve: bool) -> str:
     cfg = meta["config"]
     base = meta["base_model"]
+    hub_id = hub_id_of(base)
     data = meta["data"]
     res = meta["results"]
     vllm = meta["vllm"]
@@ -64,8 +77,7 @@ def render_card(meta: dict[str, Any], has_curve: bool) -> str:
         ("method", method),
         ("loss", cfg["loss"].replace("_", " ")),
         ("prompt format", f"{meta['prompt_format']} (saved in prompt_format.json; use it at inference)"),
-        ("batching", "padding-free" if cfg["batching"] == "padding_free" or (
-            cfg["batching"] == "auto" and cfg["method"] == "lora") else "length-grouped, padded"),
+        ("batching", "padding-free" if meta["batching"] == "padding_free" else "length-grouped, padded"),
         ("batch size x accumulation", f"{cfg['batch_size']} x {cfg['grad_accum']}"),
         ("epochs / max steps", f"{_fmt(cfg['epochs'])} / {cfg['max_steps'] or '—'}"),
         ("learning rate", f"{_fmt(meta['learning_rate'])}, {cfg['lr_scheduler']} schedule, "
@@ -78,7 +90,7 @@ def render_card(meta: dict[str, Any], has_curve: bool) -> str:
     lines = [
         "---",
         "library_name: peft",
-        f"base_model: {base.get('spec')}",
+        *([f"base_model: {hub_id}"] if hub_id else []),
         "tags: [selfinstruct, self-instruct, " + ("lora" if cfg["method"] == "lora" else cfg["method"]) + "]",
         "---",
         "",
@@ -118,7 +130,7 @@ def render_card(meta: dict[str, Any], has_curve: bool) -> str:
         lines += ["With peft alone: `PeftModel.from_pretrained(base, '<this directory>')`.", ""]
         if vllm["loads"]:
             lines += ["vLLM (from the HF copy of the base model):", "",
-                      f"    vllm serve BASE_MODEL --enable-lora --max-lora-rank {vllm['max_lora_rank']} "
+                      f"    vllm serve {hub_id or 'BASE_MODEL'} --enable-lora --max-lora-rank {vllm['max_lora_rank']} "
                       "--lora-modules selfinstruct=<this directory>", ""]
     if not vllm["loads"]:
         lines += ["vLLM will not load this adapter as it is: " + "; ".join(vllm["problems"]) + ".", ""]

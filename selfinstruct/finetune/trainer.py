@@ -141,6 +141,7 @@ class LoraFinetuner:
         self.progress = progress
         self.extra_callbacks = list(callbacks)
         self.trainer: Any = None  # the transformers Trainer of the last run
+        self.padding_free = False  # the batching the last run used (after the packing self-check)
 
     def train(self, data: str | Path | Iterable[Any], out_dir: str | Path) -> FinetuneResult:
         """Train on `data` (a run directory, a task JSONL file, or records: Examples, Tasks,
@@ -261,6 +262,7 @@ class LoraFinetuner:
             log.warning("%s lets flattened examples attend to each other; using length-grouped padded batches",
                         type(peft_model.get_base_model()).__name__)
             padding_free = False
+        self.padding_free = padding_free
         neftune = None
         if cfg.neftune_alpha > 0:
             neftune = NEFTuneNoise(cfg.neftune_alpha)
@@ -388,6 +390,7 @@ class LoraFinetuner:
             "learning_rate": cfg.lr,
             "config": dataclasses.asdict(cfg),
             "prompt_format": data.fmt.kind,
+            "batching": "padding_free" if self.padding_free else "length_grouped",
             "data": {"source": data.source, "train_examples": len(data.train.rows),
                      "validation_examples": len(data.val.rows), "train_tokens": data.train.tokens,
                      "train_target_tokens": data.train.target_tokens,
