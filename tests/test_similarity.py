@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from rapidfuzz.distance import LCSseq
 from rouge_score import rouge_scorer, tokenize, tokenizers
 
 from selfinstruct.similarity import (
@@ -30,14 +29,9 @@ from selfinstruct.similarity import (
     UnicodeTokenizer,
     rouge_l_f,
 )
+from selfinstruct.similarity import kernels
 from selfinstruct.similarity.synthetic import InstructionGenerator
 
-
-def _index(**kwargs) -> RougeLIndex:
-    """An index that always searches (small pools would otherwise just be scanned)."""
-    idx = RougeLIndex(**kwargs)
-    idx._scan_limit_topk = idx._scan_limit_exceed = -1
-    return idx
 
 _SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 _WORDS = ["write", "a", "poem", "about", "the", "sea", "list", "three", "ways", "to", "save", "money",
@@ -89,7 +83,7 @@ def test_unicode_tokenizer_index_matches_rouge_score_with_same_tokenizer() -> No
     tok = UnicodeTokenizer()
     texts = ["写一首关于大海的诗", "写一首关于大海的歌", "请解释为什么天空是蓝色的", "写一首诗", "Écris un poème sur la mer",
              "écris un poème sur la montagne", "列出三种省钱的方法", "列出三种省时间的方法"]
-    idx, ref = _index(tokenizer=tok), BruteForceRougeL(tokenizer=tok)
+    idx, ref = RougeLIndex(tokenizer=tok), BruteForceRougeL(tokenizer=tok)
     for text in texts:
         assert idx.screen(text, k=5) == ref.screen(text, k=5)
         idx.add(text)
@@ -121,7 +115,7 @@ def test_threshold_ties_are_decided_as_rouge_score_decides() -> None:
         a = " ".join(common + [f"x{i}" for i in range(la - lcs)])
         b = " ".join(common + [f"y{i}" for i in range(lb - lcs)])
         for pool_text, cand in [(a, b), (b, a)]:
-            idx = _index()
+            idx = RougeLIndex()
             idx.add(pool_text)
             assert (_rouge_f(pool_text, cand) > 0.7) is exceeded
             assert idx.exceeds(cand) is exceeded
@@ -155,29 +149,30 @@ def test_exact_boundary_pairs(pair: tuple[str, str]) -> None:
     a, b = pair
     for pool_text, cand in [(a, b), (b, a)]:
         expected = _rouge_f(pool_text, cand)
-        idx = _index()
+        idx = RougeLIndex()
         idx.extend(["an unrelated instruction", pool_text])
         assert idx.exceeds(cand) == (expected > 0.7)
         assert idx.max_score(cand) == (1, expected)
 
 
 @_SETTINGS
-@given(st.lists(st.integers(-3, 6), max_size=40), st.lists(st.integers(-3, 6), max_size=40))
-def test_rapidfuzz_lcs_is_exact_on_integer_sequences(a: list[int], b: list[int]) -> None:
-    # Ints are compared by value: no hash collision (hash(-1) == hash(-2) in CPython).
+@given(st.lists(st.integers(0, 6), max_size=200), st.lists(st.integers(0, 6), max_size=200))
+def test_bit_parallel_lcs_equals_rouge_score_table(a: list[int], b: list[int]) -> None:
+    # Queries past 64 and 128 tokens take the multi-word path, with carries across words.
     table = rouge_scorer._lcs_table(a, b)
-    assert LCSseq.similarity(a, b) == table[-1][-1]
-    big = [x + 2**61 for x in a], [x + 2**61 for x in b]
-    assert LCSseq.similarity(*big) == table[-1][-1]
-    # A str of code points and a tuple of the same values compare equal, element by element.
-    sa = "".join(chr(x + 70) for x in a)
-    assert LCSseq.similarity(sa, tuple(x + 70 for x in b)) == table[-1][-1]
+    qslot = np.zeros(8, dtype=np.int32)
+    got = kernels.lcs_length(np.array(a, dtype=np.int32), np.array(b, dtype=np.int32), qslot)
+    assert got == table[-1][-1]
+    assert not qslot.any()  # scratch handed back zeroed
 
 
-def test_rapidfuzz_hash_collisions() -> None:
-    assert hash(-1) == hash(-2)
-    assert LCSseq.similarity([-1], [-2]) == 0
-    assert LCSseq.similarity([1, -1, 2], [1, -2, 2]) == 2
+def test_bit_parallel_lcs_on_long_repetitive_sequences() -> None:
+    rng = random.Random(5)
+    for m in (63, 64, 65, 127, 128, 129, 300):
+        a = [rng.randrange(3) for _ in range(m)]
+        b = [rng.randrange(3) for _ in range(rng.randrange(1, 400))]
+        qslot = np.zeros(3, dtype=np.int32)
+        assert kernels.lcs_length(np.array(a, np.int32), np.array(b, np.int32), qslot) == rouge_scorer._lcs_table(a, b)[-1][-1]
 
 
 # --------------------------------------------------------------------------- index vs rouge-score
@@ -213,10 +208,10 @@ def _pool_and_queries(draw: st.DrawFn) -> tuple[list[str], list[str]]:
 
 
 @_SETTINGS
-@given(_pool_and_queries(), st.sampled_from([0.0, 0.3, 0.5, 0.7, 0.9, 1.0]), st.booleans())
-def test_edge_cases_match_brute_force(case: tuple[list[str], list[str]], threshold: float, scan: bool) -> None:
+@given(_pool_and_queries(), st.sampled_from([0.0, 0.3, 0.5, 0.7, 0.9, 1.0]))
+def test_edge_cases_match_brute_force(case: tuple[list[str], list[str]], threshold: float) -> None:
     pool, queries = case
-    idx = RougeLIndex(threshold=threshold) if scan else _index(threshold=threshold)
+    idx = RougeLIndex(threshold=threshold)
     ref = BruteForceRougeL(threshold=threshold)
     half = len(pool) // 2
     for text in pool[:half]:
@@ -236,7 +231,7 @@ def test_top_k_equals_brute_force() -> None:
     gen = InstructionGenerator(seed=7, rare_words=200)
     pool = gen.corpus(300, near_duplicate_rate=0.3)
     queries = gen.candidates(pool, 40, near_duplicate_rate=0.4)
-    idx, ref = _index(), BruteForceRougeL()
+    idx, ref = RougeLIndex(), BruteForceRougeL()
     idx.extend(pool[:200])
     for text in pool[200:]:
         idx.add(text)
@@ -249,11 +244,27 @@ def test_top_k_equals_brute_force() -> None:
         assert idx.screen(query, k=k, threshold=0.5) == Screening(max(scores) > 0.5, ranked[:k])
 
 
+def test_top_ten_on_a_larger_pool_equals_brute_force() -> None:
+    # Enough items that common words have long lists: the search stops probing before
+    # them, verifies a head to get its bar, and weighs probing against verifying.
+    gen = InstructionGenerator(seed=21, rare_words=400, long_rate=0.03)
+    pool = gen.corpus(1500, near_duplicate_rate=0.15)
+    queries = gen.candidates(pool, 40, near_duplicate_rate=0.3)
+    idx, ref = RougeLIndex(), BruteForceRougeL()
+    idx.extend(pool)
+    ref.extend(pool)
+    for query in queries:
+        expected = ref.screen(query, k=10)
+        assert idx.screen(query, k=10) == expected
+        assert idx.exceeds(query) == expected.exceeded
+    assert idx._stats[3] > 0 and idx._stats[1] < idx._stats[0]  # probed lists; verified fewer than seen
+
+
 def test_stemming_index_equals_rouge_score_with_stemmer() -> None:
     gen = InstructionGenerator(seed=3, rare_words=100)
     pool = [t.replace("Write", "Writing").replace("poem", "poems") for t in gen.corpus(80, 0.3)]
     queries = gen.candidates(pool, 25, near_duplicate_rate=0.5) + ["Writes poems about oceans", "running dogs"]
-    idx = _index(tokenizer=RougeTokenizer(use_stemmer=True))
+    idx = RougeLIndex(tokenizer=RougeTokenizer(use_stemmer=True))
     ref = BruteForceRougeL(use_stemmer=True)
     idx.extend(pool)
     ref.extend(pool)
@@ -261,22 +272,6 @@ def test_stemming_index_equals_rouge_score_with_stemmer() -> None:
         assert idx.screen(query, k=5) == ref.screen(query, k=5)
     # Stemming changes the decision for inflected near-duplicates.
     assert _rouge_f("writing poems", "writes poem", use_stemmer=True) > _rouge_f("writing poems", "writes poem")
-
-
-def test_sequences_past_the_str_range_fall_back_to_tuples() -> None:
-    gen = InstructionGenerator(seed=11, rare_words=80)
-    pool = gen.corpus(120, 0.3)
-    idx, ref = _index(), BruteForceRougeL()
-    idx._vocab.str_code_limit = 40  # tokens past the 40th are stored as tuples of ints
-    for text in pool:
-        idx.add(text)
-    ref.extend(pool)
-    assert not idx._vocab.all_str
-    for query in gen.candidates(pool, 30, near_duplicate_rate=0.5):
-        assert idx.screen(query, k=4) == ref.screen(query, k=4)
-        idx._scan_limit_topk = idx._scan_limit_exceed = 10**9  # the scan path mixes str and tuples too
-        assert idx.screen(query, k=4) == ref.screen(query, k=4)
-        idx._scan_limit_topk = idx._scan_limit_exceed = -1
 
 
 # --------------------------------------------------------------------------- many screenings
@@ -339,7 +334,7 @@ def test_twenty_thousand_screenings_match_rouge_score() -> None:
     for stream in range(40):
         gen = InstructionGenerator(seed=1000 + stream, rare_words=150 + 20 * stream,
                                    long_rate=0.01, template_rate=0.6)
-        idx, ref = _index(), _RougeReference()
+        idx, ref = RougeLIndex(), _RougeReference()
         seeds = gen.corpus(30, near_duplicate_rate=0.2)
         idx.extend(seeds)
         for text in seeds:

@@ -2,10 +2,10 @@
 
 `RougeLIndex` makes the same keep/reject decisions as rouge-score's ROUGE-L F-measure
 (``RougeScorer(["rougeL"]).score(pool_item, candidate).fmeasure > threshold``), float
-rounding at the threshold included, while touching only the few pool items that could
-possibly be similar: an inverted index split by item length, integer LCS bounds, and
-bit-parallel LCS (rapidfuzz) on the survivors. `BruteForceRougeL` is rouge-score itself,
-pairwise, kept as the reference for tests and benchmarks.
+rounding at the threshold included, without scoring the whole pool: an inverted index
+probed rarest token first, integer LCS bounds, and a bit-parallel LCS on the survivors,
+compiled with numba (`kernels`). `BruteForceRougeL` is rouge-score itself, pairwise,
+kept as the reference for tests and benchmarks.
 
 Tokenizers: `RougeTokenizer` (rouge-score's, optionally with its Porter stemming; the
 default) and `UnicodeTokenizer` (any script, CJK per character; NOT rouge-score
