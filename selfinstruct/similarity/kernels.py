@@ -257,6 +257,7 @@ def _offer(item, f, k, n_top, top_ids, top_f):
 # item was verified (the counts stay far below it: at most the query's length).
 _VERIFIED = 1 << 30
 _HITS = _VERIFIED - 1
+_NO_LIMIT = (1 << 31) - 1
 # Reading a posting costs about a hundredth of verifying an item (a random read of its
 # codes, then the LCS). Past the point where no unseen item can matter, a token's list is
 # still probed (tightening every seen item's bound) when it is shorter than this many
@@ -269,9 +270,14 @@ _HEAD_EXCEED = 8
 
 
 @njit(cache=True)
-def _probe(code, mult, heads, chunk_start, chunk_len, chunk_next, arena, hits, seen, n_seen, level):
+def _probe(code, mult, heads, chunk_start, chunk_len, chunk_next, arena, hits, seen, n_seen, level, lens,
+           len_lo, len_hi):
     """Add ``mult`` to the hits of every item in ``code``'s list, recording newly seen
-    items in ``seen`` and keeping ``level[h]`` = the number of seen items with h hits."""
+    items in ``seen`` and keeping ``level[h]`` = the number of seen items with h hits.
+
+    An item seen for the first time is skipped when its length is outside
+    ``[len_lo, len_hi]``, where even its bound cannot beat the bar: its bound only
+    falls, so if a later list holds it, it is skipped there too."""
     j = heads[code]
     while j >= 0:
         base = chunk_start[j]
@@ -279,6 +285,9 @@ def _probe(code, mult, heads, chunk_start, chunk_len, chunk_next, arena, hits, s
             item = arena[base + x]
             h = hits[item]
             if h == 0:
+                li = lens[item]
+                if li < len_lo or li > len_hi:
+                    continue
                 seen[n_seen] = item
                 n_seen += 1
             else:
@@ -287,6 +296,34 @@ def _probe(code, mult, heads, chunk_start, chunk_len, chunk_next, arena, hits, s
             level[(h & _HITS) + mult] += 1
         j = chunk_next[j]
     return n_seen
+
+
+@njit(cache=True)
+def _feasible_lengths(unprobed, lc, k, t, n_top, top_ids, top_f):
+    """The item lengths at which an item not seen yet (LCS at most ``unprobed``) could
+    beat the bar: F(min(u, li), li, lc) rises with li up to u and falls after, so it is
+    an interval around u; (1, 0) when there is none."""
+    u = min(unprobed, lc)
+    if u <= 0 or not _beats(rouge_f(u, u, lc), -1, k, t, n_top, top_ids, top_f):
+        return 1, 0
+    lo = u
+    while lo > 1 and _beats(rouge_f(lo - 1, lo - 1, lc), -1, k, t, n_top, top_ids, top_f):
+        lo -= 1
+    # Above u the score falls as 2u / (li + lc): double, then bisect, to the last length
+    # that still beats (a bar of 0, as for a top k not full yet, never stops falling short).
+    hi_ok, hi_bad = u, u + lc
+    while _beats(rouge_f(u, hi_bad, lc), -1, k, t, n_top, top_ids, top_f):
+        hi_ok = hi_bad
+        if hi_bad >= _NO_LIMIT // 2:
+            return lo, _NO_LIMIT
+        hi_bad *= 2
+    while hi_bad - hi_ok > 1:
+        mid = (hi_ok + hi_bad) // 2
+        if _beats(rouge_f(u, mid, lc), -1, k, t, n_top, top_ids, top_f):
+            hi_ok = mid
+        else:
+            hi_bad = mid
+    return lo, hi_ok
 
 
 @njit(cache=True)
@@ -394,8 +431,9 @@ def search(qseq, lc, k, t, codes, starts, lens, heads, df, chunk_start, chunk_le
             break
         s = order[next_term]
         next_term += 1
+        len_lo, len_hi = (1, _NO_LIMIT) if k else _feasible_lengths(unprobed, lc, k, t, n_top, top_ids, top_f)
         n_seen = _probe(term_code[s], term_mult[s], heads, chunk_start, chunk_len, chunk_next, arena, hits,
-                        seen, n_seen, level)
+                        seen, n_seen, level, lens, len_lo, len_hi)
         unprobed -= term_mult[s]
         stats[2] += term_df[s]
         stats[3] += 1
@@ -425,8 +463,9 @@ def search(qseq, lc, k, t, codes, starts, lens, heads, df, chunk_start, chunk_le
             if pending == 0 or term_df[s] >= _PROBE_PER_VERIFY * pending:
                 break
         next_term += 1
+        len_lo, len_hi = _feasible_lengths(unprobed, lc, k, t, n_top, top_ids, top_f)
         n_seen = _probe(term_code[s], term_mult[s], heads, chunk_start, chunk_len, chunk_next, arena, hits,
-                        seen, n_seen, level)
+                        seen, n_seen, level, lens, len_lo, len_hi)
         unprobed -= term_mult[s]
         stats[2] += term_df[s]
         stats[3] += 1
