@@ -44,6 +44,7 @@ class _Block:
     fields: dict[str, list[str]] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
+    plural_label: bool = False  # the instruction was labelled "Instructions:"
 
     def raw(self) -> str:
         return "\n".join(self.lines).strip()
@@ -77,6 +78,10 @@ def _split_blocks(text: str) -> list[_Block]:
             cur.lines.append(line)
             continue
         m = _FIELD.match(line)
+        if m and current_field == "output" and m.group(1).lower() == "instructions" and not cur.plural_label:
+            # "Instructions:" inside an output is a recipe's or a how-to's own heading (seed
+            # tasks 23 and 71 of the original set), unless the model labels its tasks that way.
+            m = None
         inline = None if m else _HEADER_INLINE.match(line)
         if inline:
             close()
@@ -86,12 +91,15 @@ def _split_blocks(text: str) -> list[_Block]:
             cur.lines.append(line)
             continue
         if m:
-            name = {"instructions": "instruction"}.get(m.group(1).lower(), m.group(1).lower())
+            label = m.group(1).lower()
+            name = {"instructions": "instruction"}.get(label, label)
             # A second instruction, or a field seen twice, starts the next task.
             if name == "instruction" and cur.fields or name in cur.fields:
                 close()
             cur.fields[name] = [m.group(2)]
             cur.order.append(name)
+            if name == "instruction":
+                cur.plural_label = label == "instructions"
             current_field = name
             cur.lines.append(line)
             continue

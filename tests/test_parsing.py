@@ -244,3 +244,18 @@ def test_raw_excerpt_is_the_block_text_not_the_whole_reply() -> None:
     rej = parse_reply(reply).rejections
     assert len(rej) == 1 and rej[0].raw == "Task 2\nInstruction: Drop me."
     assert re.fullmatch(r"Task 2\n.*", rej[0].raw)
+
+
+def test_instructions_heading_inside_an_output_stays_in_the_output() -> None:
+    # A recipe's "Instructions:" heading (seed tasks 23 and 71 of the original set) is part
+    # of the output when the task itself was labelled "Instruction:".
+    recipe = ("Ingredients: 1 cup rice, 2 eggs.\nInstructions:\n1. Cook the rice.\n2. Fry the eggs.\n"
+              "Instructions: serve hot.")
+    reply = f"Instruction: Give me a recipe for fried rice.\nInput: <noinput>\nOutput: {recipe}\n\n" \
+            "Instruction: Name a fruit.\nOutput: Apple."
+    assert triples(reply) == [("Give me a recipe for fried rice.", "", recipe), ("Name a fruit.", "", "Apple.")]
+
+
+def test_a_model_that_labels_tasks_instructions_still_splits_them() -> None:
+    reply = "Instructions: Name a fruit.\nOutput: Apple.\n\nInstructions: Name a colour.\nOutput: Red."
+    assert triples(reply) == [("Name a fruit.", "", "Apple."), ("Name a colour.", "", "Red.")]
