@@ -32,6 +32,7 @@ import yaml
 from .card import CardFacts, write_card
 from .config import ConfigError, from_dict, opt
 from .decontaminate import Decontaminator, HygieneReport, clean
+from .jsonl import iter_records
 from .records import Task, TaskFormatError, load_tasks, write_jsonl
 from .rundir import RunDir
 from .sft_format import PromptFormat
@@ -118,20 +119,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     not repaired: the file belongs to the running process."""
     if not path.exists():
         return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    out = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if lineno == len(lines):  # no newline after it: a write in progress
-                log.info("%s: skipping a partly written last line", path)
-                continue
-            raise ValueError(f"{path}:{lineno}: corrupt record ({e.msg}); move the file aside or fix the line") from e
-    return out
+    fix = "; fix or delete the line, or move the file aside"
+    return [rec for _, rec in iter_records(path, torn_tail="skip", hint=fix)]
 
 
 def machine_tasks(run_dir: str | Path) -> list[Task]:

@@ -2,6 +2,10 @@
 
 A record counts once its line is flushed. On open, a torn last line (a kill in the middle
 of a write) is cut off and logged, so the file always holds whole records only.
+
+`iter_records` is the one JSONL line reader: task files, scripted replies and the run's
+own files all go through it, so a bad line always gets the same error, naming the file,
+the line and what each line must be.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Literal
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +48,50 @@ def repair_tail(path: Path) -> int:
         return size - keep
 
 
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    if not path.exists():
-        return
+class JsonlFormatError(ValueError):
+    """A JSONL file holds a line that is not one JSON object."""
+
+
+def line_ref(path: Path | str, lineno: int) -> str:
+    """How errors point at a line: "seed_tasks/x.jsonl line 7"."""
+    return f"{path} line {lineno}"
+
+
+def iter_records(path: Path, *, torn_tail: Literal["raise", "skip"] = "raise", hint: str = "",
+                 error: Callable[[str], Exception] = JsonlFormatError) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, record) for each non-blank line of a JSONL file.
+
+    A line that is not valid JSON, or is JSON but not an object, raises `error` naming
+    the file and the line; `hint` (say, "; fix the line, then resume") is appended to it.
+    With torn_tail="skip", an unparseable last line with no newline after it (another
+    process is in the middle of writing it) is logged and skipped instead. A file this
+    process owns is mended with `repair_tail` before reading, and read with "raise".
+    """
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: corrupt record ({e.msg}); "
-                                     "move the file aside or fix the line, then resume") from e
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line.rstrip("\n"))  # so a column past the end is not "column 1"
+            except json.JSONDecodeError as e:
+                if torn_tail == "skip" and not line.endswith("\n"):  # only the last line lacks one
+                    log.info("%s: skipping a partly written last line", path)
+                    return
+                raise error(f"{line_ref(path, lineno)}: not valid JSON ({e.msg} at column {e.colno}); "
+                            f"each line must be one JSON object{hint}") from e
+            if not isinstance(rec, dict):
+                raise error(f"{line_ref(path, lineno)}: expected a JSON object, got {type(rec).__name__}; "
+                            f"each line must be one JSON object{hint}")
+            yield lineno, rec
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of one of the run's append-only files; none when it does not exist yet.
+    Call `repair_tail` first: a torn last line here is an error."""
+    if not path.exists():
+        return
+    for _, rec in iter_records(path, hint="; fix or delete the line, or move the file aside, then resume"):
+        yield rec
 
 
 class JsonlAppender:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from .jsonl import iter_records, line_ref
+
 
 class TaskFormatError(ValueError):
     """A task file holds a record we cannot read."""
@@ -156,21 +158,15 @@ def iter_tasks(path: str | Path) -> Iterator[Task]:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
-            raise TaskFormatError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
+            raise TaskFormatError(f"{line_ref(path, e.lineno)}: not valid JSON ({e.msg} at column {e.colno}); "
+                                  "a .json task file must hold one JSON list of records") from e
         if not isinstance(data, list):
             raise TaskFormatError(f"{path}: a .json task file must hold a list of records")
         for i, rec in enumerate(data):
             yield _task_from_record(rec, f"{path}: record {i}", i)
         return
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskFormatError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
-            yield _task_from_record(rec, f"{path}:{lineno}", lineno - 1)
+    for lineno, rec in iter_records(path, error=TaskFormatError):
+        yield _task_from_record(rec, line_ref(path, lineno), lineno - 1)
 
 
 def load_tasks(paths: str | Path | Iterable[str | Path]) -> list[Task]:

@@ -127,7 +127,18 @@ def test_malformed_seed_file_names_file_and_line(pipeline: Path, tmp_path: Path,
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text('{"instruction": "Name a fruit.", "output": "Apple"}\n{"instruction": \n', encoding="utf-8")
     assert main(["run", str(pipeline), "--set", f"seed_tasks={seeds}"]) == 2
-    assert f"selfinstruct: error: {seeds}:2: invalid JSON" in capsys.readouterr().err
+    assert capsys.readouterr().err.endswith(
+        f"selfinstruct: error: {seeds} line 2: not valid JSON (Expecting value at column 17); "
+        "each line must be one JSON object\n")
+
+
+def test_malformed_replies_file_is_one_line_not_a_traceback(pipeline: Path, capsys) -> None:
+    replies = pipeline.parent / "replies.jsonl"
+    replies.write_text('{"request_id": 0, "text": "a"}\n{"request_id": 1, "text": "b"\n', encoding="utf-8")
+    assert main(["run", str(pipeline)]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"selfinstruct: error: {replies} line 2: not valid JSON (Expecting ',' delimiter at column 30); "
+        "each line must be one JSON object\n")
 
 
 def test_a_second_writer_is_refused(pipeline: Path, capsys) -> None:

@@ -204,7 +204,8 @@ def test_run_in_progress_torn_last_line_is_skipped_not_repaired(tmp_path):
     assert machine_tasks(run) == POOL
     assert pool.stat().st_size == size  # the running process owns the file
     pool.write_text(pool.read_text().replace('{"id": "machine_task_1"', '{"id": broken', 1))
-    with pytest.raises(ValueError, match="pool.jsonl:2: corrupt record"):
+    with pytest.raises(ValueError, match=r"pool\.jsonl line 2: not valid JSON \(Expecting value at column 8\); "
+                                         r"each line must be one JSON object; fix or delete the line"):
         machine_tasks(run)
 
 

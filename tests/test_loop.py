@@ -15,7 +15,7 @@ from selfinstruct.backends import ScriptedBackend
 from selfinstruct.backends.base import GenerationParams, Prompt, Reply, Request
 from selfinstruct.bootstrap import Bootstrapper
 from selfinstruct.config import ConfigError, load_config
-from selfinstruct.jsonl import JsonlAppender, read_jsonl, repair_tail
+from selfinstruct.jsonl import JsonlAppender, JsonlFormatError, iter_records, read_jsonl, repair_tail
 from selfinstruct.pool import TaskPool
 from selfinstruct.records import Instance, Task, load_tasks
 from selfinstruct.rundir import RunDir, RunLockedError
@@ -376,8 +376,24 @@ def test_repair_tail(tmp_path: Path, content: bytes, kept: bytes) -> None:
 def test_corrupt_line_inside_the_pool_is_named(tmp_path: Path) -> None:
     path = tmp_path / "pool.jsonl"
     path.write_text('{"a": 1}\nnot json\n{"a": 3}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=rf"{path}:2: corrupt record"):
+    with pytest.raises(JsonlFormatError) as e:
         list(read_jsonl(path))
+    assert str(e.value) == (f"{path} line 2: not valid JSON (Expecting value at column 1); each line must be one "
+                            "JSON object; fix or delete the line, or move the file aside, then resume")
+
+
+def test_iter_records_skips_a_torn_last_line_only_when_asked(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2}\n{"a"', encoding="utf-8")  # a writer is part way into line 4
+    assert list(iter_records(path, torn_tail="skip")) == [(1, {"a": 1}), (3, {"a": 2})]
+    with pytest.raises(JsonlFormatError) as e:
+        list(iter_records(path))
+    assert str(e.value) == (f"{path} line 4: not valid JSON (Expecting ':' delimiter at column 5); "
+                            "each line must be one JSON object")
+    path.write_text('{"a": 1}\n{"a": 2\n{"a": 3}\n', encoding="utf-8")  # cut, then written past: corrupt
+    with pytest.raises(RuntimeError, match=r" line 2: not valid JSON \(Expecting ',' delimiter at column 8\); "
+                                           r"each line must be one JSON object; see the log$"):
+        list(iter_records(path, torn_tail="skip", hint="; see the log", error=RuntimeError))
 
 
 def test_pool_reloads_machine_tasks_into_the_index(tmp_path: Path) -> None:
@@ -446,5 +462,14 @@ def test_scripted_backend_replays_a_file_keyed_on_request_id(tmp_path: Path) -> 
         ScriptedBackend(mixed)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a"}\n{"txt": "b"}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=rf"{bad}:2: not a reply record"):
+    with pytest.raises(JsonlFormatError, match=rf"^{bad} line 2: not a reply record \{{text, finish_reason"):
         ScriptedBackend(bad)
+    one_object = "; each line must be one JSON object"
+    for line, error in [('{"text": "b"', "not valid JSON (Expecting ',' delimiter at column 13)" + one_object),
+                        ('["b"]', "expected a JSON object, got list" + one_object),
+                        ('{"text": "b", "request_id": "two"}', "not a reply record {text, finish_reason, request_id?} "
+                                                               "(invalid literal for int() with base 10: 'two')")]:
+        bad.write_text('{"text": "a"}\n\n' + line + "\n", encoding="utf-8")  # the blank line still counts
+        with pytest.raises(JsonlFormatError) as e:
+            ScriptedBackend(bad)
+        assert str(e.value) == f"{bad} line 3: {error}"

@@ -128,8 +128,9 @@ GOOD = json.dumps({"instruction": "Name a color.", "output": "red"})
 
 
 @pytest.mark.parametrize("bad, message", [
-    ('{"instruction": "Name a color.", "output": ', r"invalid JSON"),
-    ('["a", "list"]', r"expected a JSON object, got list"),
+    ('{"instruction": "Name a color.", "output": ', r"not valid JSON \(Expecting value at column 44\); "
+                                                    r"each line must be one JSON object$"),
+    ('["a", "list"]', r"expected a JSON object, got list; each line must be one JSON object$"),
     ('{"prompt": "x", "completion": "y"}', r"unknown record shape with keys \['completion', 'prompt'\]"),
     ('{"instruction": "x", "instances": []}', r"'instances' must be a non-empty list"),
     ('{"instruction": "x", "instances": [{"input": "only input"}]}', r"every instance needs an 'output'"),
@@ -139,7 +140,7 @@ GOOD = json.dumps({"instruction": "Name a color.", "output": "red"})
 ])
 def test_malformed_line_names_file_and_line(tmp_path: Path, bad: str, message: str) -> None:
     path = write_lines(tmp_path / "seeds.jsonl", [GOOD, GOOD, bad, GOOD])
-    with pytest.raises(TaskFormatError, match=rf"^{path}:3: .*{message}"):
+    with pytest.raises(TaskFormatError, match=rf"^{path} line 3: .*{message}"):
         load_tasks(path)
 
 
@@ -147,14 +148,15 @@ def test_iteration_yields_good_records_before_the_bad_line(tmp_path: Path) -> No
     path = write_lines(tmp_path / "seeds.jsonl", [GOOD, "{oops"])
     it = iter_tasks(path)
     assert next(it).instruction == "Name a color."
-    with pytest.raises(TaskFormatError, match=rf"{path}:2: invalid JSON"):
+    with pytest.raises(TaskFormatError, match=rf"^{path} line 2: not valid JSON \(Expecting property name"):
         next(it)
 
 
 def test_malformed_json_file_names_line_and_record(tmp_path: Path) -> None:
     broken = tmp_path / "data.json"
     broken.write_text('[\n  {"instruction": "a", "output": "b"},\n  {"instruction": \n]\n', encoding="utf-8")
-    with pytest.raises(TaskFormatError, match=rf"^{broken}:4: invalid JSON"):
+    with pytest.raises(TaskFormatError, match=rf"^{broken} line 4: not valid JSON \(Expecting value at column 1\); "
+                                              r"a \.json task file must hold one JSON list of records$"):
         load_tasks(broken)
     bad_record = tmp_path / "records.json"
     bad_record.write_text(json.dumps([ALPACA[0], {"instruction": "x"}]), encoding="utf-8")

@@ -12,11 +12,11 @@ part way.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from ..jsonl import JsonlFormatError, iter_records, line_ref
 from .base import GenerationParams, Reply, Request
 
 
@@ -63,21 +63,19 @@ def _read_script(path: Path) -> tuple[list[Reply], dict[int, Reply] | None]:
     """Read a replies file: a list to cycle, or (when records carry request_id) a map."""
     replies: list[Reply] = []
     keyed: dict[int, Reply] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                rid = rec.pop("request_id", None)
-                reply = Reply(**rec)
-            except (ValueError, TypeError) as e:
-                raise ValueError(f"{path}:{lineno}: not a reply record {{text, finish_reason, request_id?}} "
-                                 f"({e})") from e
-            if rid is None:
-                replies.append(reply)
-            else:
-                keyed[int(rid)] = reply
+    for lineno, rec in iter_records(path):
+        try:
+            rid = rec.pop("request_id", None)
+            reply = Reply(**rec)
+            if rid is not None:
+                rid = int(rid)
+        except (ValueError, TypeError) as e:
+            raise JsonlFormatError(f"{line_ref(path, lineno)}: not a reply record "
+                                   f"{{text, finish_reason, request_id?}} ({e})") from e
+        if rid is None:
+            replies.append(reply)
+        else:
+            keyed[rid] = reply
     if keyed and replies:
-        raise ValueError(f"{path}: either every record names its request_id or none does")
+        raise JsonlFormatError(f"{path}: either every record names its request_id or none does")
     return replies, keyed or None

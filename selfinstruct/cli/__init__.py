@@ -9,6 +9,7 @@ import logging
 import sys
 
 from ..config import ConfigError
+from ..jsonl import JsonlFormatError
 from ..records import TaskFormatError
 
 COMMANDS = ["run", "export", "stats", "finetune", "eval", "ablate"]
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (CliError, ConfigError, TaskFormatError, ModelError, BackendError, RunLockedError,
+    except (CliError, ConfigError, TaskFormatError, JsonlFormatError, ModelError, BackendError, RunLockedError,
             FileNotFoundError) as e:
         print(f"selfinstruct: error: {e}", file=sys.stderr)
         return 2
