@@ -385,6 +385,17 @@ def test_api_basics() -> None:
         idx.screen("x", k=-1)
 
 
+def test_a_very_long_item_takes_room_for_its_postings_only() -> None:
+    # Room is reserved per chunk actually opened: 20,000 new tokens open 20,000 two-slot
+    # chunks, not 20,000 of the largest size (that would be 330 MB).
+    idx = RougeLIndex()
+    long_text = " ".join(f"w{i}" for i in range(20_000))
+    idx.add("w1 w2 w3")
+    idx.add(long_text)
+    assert idx.nbytes() < 10 * 2**20
+    assert idx.top_k("w1 w2 w3", k=2) == [(0, 1.0), (1, _rouge_f(long_text, "w1 w2 w3"))]
+
+
 def test_import_does_not_pull_heavy_dependencies() -> None:
     code = ("import sys, selfinstruct.similarity as s; s.RougeLIndex().add('x'); "
             "print('torch' in sys.modules, 'rouge_score' in sys.modules)")

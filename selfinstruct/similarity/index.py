@@ -85,8 +85,9 @@ class RougeLIndex:
         self._k = _kernels()
         self._vocab: dict[str, int] = {}
         self._texts: list[str] = []
-        # [items, codes used, chunks used, arena used], updated by the kernels.
-        self._meta = np.zeros(4, dtype=np.int64)
+        # [items, codes used, chunks used, arena used, chunks and arena the next item
+        # needs], updated by the kernels.
+        self._meta = np.zeros(6, dtype=np.int64)
         # Per item: where its codes start in `_codes`, its token count; query scratch.
         self._starts = np.empty(0, dtype=np.int64)
         self._lens = np.empty(0, dtype=np.int32)
@@ -170,25 +171,23 @@ class RougeLIndex:
             done += n
             if done == total:
                 break
-            self._make_room(int(offsets[done + 1] - offsets[done]), total - done, int(offsets[-1] - offsets[done]))
+            self._make_room(total - done, int(offsets[-1] - offsets[done]))
         self._texts.extend(texts)
         if len(self._hits) < len(self._lens):
             self._hits = np.zeros(len(self._lens), dtype=np.int32)
             self._seen = np.empty(len(self._lens), dtype=np.int32)
 
-    def _make_room(self, next_len: int, items_left: int, codes_left: int) -> None:
+    def _make_room(self, items_left: int, codes_left: int) -> None:
         """Grow what `append_items` found short (all by doubling: amortised O(1))."""
-        kernels, meta = self._k, self._meta
-        items, used_codes, chunks, arena = (int(x) for x in meta)
+        items, used_codes, chunks, arena, chunks_needed, arena_needed = (int(x) for x in self._meta)
         self._starts = _grown(self._starts, items + items_left)
         self._lens = _grown(self._lens, items + items_left)
         self._codes = _grown(self._codes, used_codes + codes_left)
-        # An item may open a chunk per token, each up to MAX_CHUNK ids.
-        self._chunk_start = _grown(self._chunk_start, chunks + next_len + 1)
+        self._chunk_start = _grown(self._chunk_start, chunks + chunks_needed)
         self._chunk_size = _grown(self._chunk_size, len(self._chunk_start))
         self._chunk_len = _grown(self._chunk_len, len(self._chunk_start))
         self._chunk_next = _grown(self._chunk_next, len(self._chunk_start))
-        self._arena = _grown(self._arena, arena + (next_len + 1) * kernels.MAX_CHUNK)
+        self._arena = _grown(self._arena, arena + arena_needed)
 
     def _fit_vocab(self) -> None:
         n = len(self._vocab)

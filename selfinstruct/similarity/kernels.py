@@ -159,20 +159,43 @@ def _number_terms(qseq, qslot):
 
 
 @njit(cache=True)
+def _room_needed(item_codes, s, e, item, tails, df, chunk_len, chunk_size, mark):
+    """The new chunks and arena slots appending the item ``item_codes[s:e]`` takes: one
+    chunk for each distinct token whose last chunk is full (or that has none yet)."""
+    stamp = -(item + 1)  # distinct from the stamps `append_items` leaves
+    chunks = arena = 0
+    for i in range(s, e):
+        c = item_codes[i]
+        if mark[c] == stamp:
+            continue
+        mark[c] = stamp
+        tail = tails[c]
+        if tail < 0 or chunk_len[tail] == chunk_size[tail]:
+            chunks += 1
+            arena += min(max(df[c], MIN_CHUNK), MAX_CHUNK)
+    return chunks, arena
+
+
+@njit(cache=True)
 def append_items(item_codes, offsets, codes, starts, lens, meta, heads, tails, df, chunk_start,
                  chunk_size, chunk_len, chunk_next, arena, mark):
     """Append the items ``item_codes[offsets[b]:offsets[b+1]]`` in order.
 
-    ``meta`` is [items, codes used, chunks used, arena used]. Returns how many items were
-    appended: fewer than all when an array ran short (the caller grows them and calls
-    again with the rest); an item is appended whole or not at all.
+    ``meta`` is [items, codes used, chunks used, arena used, chunks needed, arena needed].
+    Returns how many items were appended: fewer than all when an array ran short, with
+    what the next item needs in ``meta[4:6]`` (the caller grows the arrays and calls again
+    with the rest); an item is appended whole or not at all.
     """
     for b in range(len(offsets) - 1):
         s, e = offsets[b], offsets[b + 1]
         n = e - s
         item = meta[0]
-        if (item >= len(lens) or meta[1] + n > len(codes) or meta[2] + n > len(chunk_start)
-                or meta[3] + n * MAX_CHUNK > len(arena)):
+        if item >= len(lens) or meta[1] + n > len(codes):
+            meta[4] = meta[5] = 0
+            return b
+        chunks, room = _room_needed(item_codes, s, e, item, tails, df, chunk_len, chunk_size, mark)
+        if meta[2] + chunks > len(chunk_start) or meta[3] + room > len(arena):
+            meta[4], meta[5] = chunks, room
             return b
         starts[item] = meta[1]
         lens[item] = n
