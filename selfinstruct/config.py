@@ -54,7 +54,10 @@ class GenerationConfig:
         "style (base models). auto: chat when the model has a chat template.")
     requests_per_round: int = opt(8, "Requests per round; the pool, rejects and stats are flushed every round.",
                                   resume_safe=True)
-    max_requests: int = opt(0, "Stop after this many LM requests in total (0: no limit).", resume_safe=True)
+    max_requests: int = opt(
+        0, "Stop issuing LM requests after this many (0: no limit). The self_instruct method counts its "
+        "instruction requests; instructions already made still get their classification and instance requests.",
+        resume_safe=True)
     seed: int = opt(42, "Seed: each request samples its prompt with a generator seeded from (seed, request id), "
                     "so a resumed run samples as an uninterrupted one; local decoding is seeded too.")
     instances_per_task: int = opt(5, "self_instruct method: the most instances kept per task (paper: 5).")
