@@ -50,14 +50,20 @@ class _Block:
         return "\n".join(self.lines).strip()
 
 
-def _clean(lines: list[str]) -> str:
-    text = "\n".join(lines).strip()
-    # Markdown emphasis or quotes a model wraps a whole value in.
-    if len(text) >= 4 and text.startswith("**") and text.endswith("**"):
-        text = text[2:-2].strip()
+def unwrap_value(text: str, marks: tuple[str, ...] = ("**",), min_inner: int = 0) -> str:
+    """`text` without the markdown emphasis (each of `marks`, in turn), then the quotes, that a
+    model wrapped the whole of it in: '**"Name a prime."**' -> 'Name a prime.'. A mark pair
+    counts only around at least `min_inner` characters; quotes only when there are just two."""
+    for mark in marks:
+        if len(text) >= 2 * len(mark) + min_inner and text.startswith(mark) and text.endswith(mark):
+            text = text[len(mark):-len(mark)].strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`" and text.count(text[0]) == 2:
         text = text[1:-1].strip()
     return text
+
+
+def _clean(lines: list[str]) -> str:
+    return unwrap_value("\n".join(lines).strip())
 
 
 def _split_blocks(text: str) -> list[_Block]:

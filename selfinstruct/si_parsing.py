@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from .parsing import ParseResult
+from .parsing import ParseResult, unwrap_value
 from .records import Candidate, Rejection
 
 _ITEM = re.compile(r"^\s*(?:[#>*_]+\s*)?(?:task\s*#?\s*)?(\d{1,3})\s*(?:\*\*|__)?\s*[:.)\-]\s*(?:\*\*|__)?\s*(.*)$",
@@ -31,14 +31,9 @@ _YES_NO = re.compile(r"\b(yes|no|true|false)\b", re.IGNORECASE)
 def _clean_instruction(lines: list[str]) -> str:
     text = " ".join(" ".join(lines).split())
     text = _INSTRUCTION_LABEL.sub("", text)
-    for wrap in ("**", "__"):
-        if text.startswith(wrap) and text.endswith(wrap) and len(text) > 2 * len(wrap):
-            text = text[len(wrap):-len(wrap)].strip()
-        elif wrap == "**" and text.count(wrap) == 1 and (text.startswith(wrap) or text.endswith(wrap)):
-            text = text.strip("* ")  # the other half went with the list number ("**9. Do X.**")
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`" and text.count(text[0]) == 2:
-        text = text[1:-1].strip()
-    return text
+    if text.count("**") == 1 and (text.startswith("**") or text.endswith("**")):
+        text = text.strip("* ")  # the other half went with the list number ("**9. Do X.**")
+    return unwrap_value(text, ("**", "__"), min_inner=1)
 
 
 def parse_instruction_list(text: str, finish_reason: str = "stop", prefix: str = "") -> ParseResult:

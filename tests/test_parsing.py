@@ -259,3 +259,19 @@ def test_instructions_heading_inside_an_output_stays_in_the_output() -> None:
 def test_a_model_that_labels_tasks_instructions_still_splits_them() -> None:
     reply = "Instructions: Name a fruit.\nOutput: Apple.\n\nInstructions: Name a colour.\nOutput: Red."
     assert triples(reply) == [("Name a fruit.", "", "Apple."), ("Name a colour.", "", "Red.")]
+
+
+@pytest.mark.parametrize("text, marks, min_inner, unwrapped", [
+    ('**"Name a prime."**', ("**",), 0, "Name a prime."),
+    ("** Bold, spaced **", ("**",), 0, "Bold, spaced"),
+    ("__Underscored.__", ("**",), 0, "__Underscored.__"),  # only the marks asked for
+    ("**__Both.__**", ("**", "__"), 0, "Both."),
+    ("`code`", ("**",), 0, "code"),
+    ('"a" and "b"', ("**",), 0, '"a" and "b"'),  # quotes inside the value, not around it
+    ("**bold** and **bold**", ("**",), 0, "bold** and **bold"),  # a quirk, kept: the two ends count as a pair
+    ("****", ("**",), 0, ""),  # the reply parser: a bare pair wraps nothing
+    ("****", ("**",), 1, "****"),  # the instruction-list parser keeps it
+])
+def test_unwrap_value_is_shared_by_both_parsers(text: str, marks: tuple[str, ...], min_inner: int,
+                                                unwrapped: str) -> None:
+    assert parsing.unwrap_value(text, marks, min_inner) == unwrapped
