@@ -54,13 +54,48 @@ class Candidate:
 
     @classmethod
     def parse(cls, text: str) -> Candidate:
-        """`NAME=MODEL[:ADAPTER_DIR]`, the command line's way to name a candidate."""
-        name, sep, rest = text.partition("=")
-        if not sep or not name.strip() or not rest.strip():
-            raise EvalError(f"candidate {text!r}: expected NAME=MODEL or NAME=MODEL:ADAPTER_DIR, "
-                            "e.g. base=smollm2 or tuned=smollm2:outputs/run/adapter")
-        model, _, adapter = rest.partition(":")
-        return cls(name.strip(), model.strip(), adapter.strip() or None)
+        """`NAME=MODEL[:ADAPTER_DIR]`, the command line's way to name a candidate.
+
+        MODEL and ADAPTER_DIR are split at the ':' that is not a drive letter's: a field that
+        starts with a letter, ':' and a slash or backslash is a Windows path, so
+        `w=C:\\models\\m:D:\\adapters\\a` is model `C:\\models\\m` with adapter `D:\\adapters\\a`.
+        Two such ':' are refused rather than guessed at.
+        """
+        name, eq, rest = text.partition("=")
+        if not eq:
+            raise EvalError(f"candidate {text!r}: {_CANDIDATE_SHAPE}")
+        if not name.strip():
+            raise EvalError(f"candidate {text!r}: the name before '=' is empty; {_CANDIDATE_SHAPE}")
+        seps = _adapter_separators(rest)
+        if len(seps) > 1:
+            raise EvalError(f"candidate {text!r}: more than one ':' could end the model path; for a path with "
+                            "':' in it give that candidate with --model, --adapter and --name instead")
+        model, adapter = (rest[:seps[0]], rest[seps[0] + 1:]) if seps else (rest, None)
+        if not model.strip():
+            raise EvalError(f"candidate {text!r}: the model after '=' is empty; {_CANDIDATE_SHAPE}")
+        if adapter is not None and not adapter.strip():
+            raise EvalError(f"candidate {text!r}: nothing after ':' where the adapter directory goes; "
+                            f"{_CANDIDATE_SHAPE}")
+        return cls(name.strip(), model.strip(), adapter.strip() if adapter is not None else None)
+
+
+_CANDIDATE_SHAPE = ("expected NAME=MODEL or NAME=MODEL:ADAPTER_DIR, "
+                    "e.g. base=smollm2 or tuned=smollm2:outputs/run/adapter")
+
+
+def _adapter_separators(spec: str) -> list[int]:
+    """Where the ':' of MODEL:ADAPTER_DIR may be: every ':' but a drive letter's ("C:\\", "C:/")."""
+    found: list[int] = []
+    start = 0  # where the current field begins
+    for i, ch in enumerate(spec):
+        if ch != ":":
+            continue
+        before = spec[start:i].strip()
+        if len(before) == 1 and before.isascii() and before.isalpha() and spec[i + 1:i + 2] in ("\\", "/"):
+            continue  # a drive letter
+        found.append(i)
+        start = i + 1
+    return found
 
 
 @dataclass(frozen=True)

@@ -50,11 +50,47 @@ def test_base_model_answers_end_at_a_blank_line_or_a_new_section():
     assert cut_answer("  answer\n\nmore  ", ()) == "answer\n\nmore"
 
 
-def test_candidate_parsing_names_the_expected_shape():
-    assert Candidate.parse("base=smollm2") == Candidate("base", "smollm2", None)
-    assert Candidate.parse("tuned = m.gguf:out/adapter") == Candidate("tuned", "m.gguf", "out/adapter")
-    with pytest.raises(EvalError, match="NAME=MODEL"):
-        Candidate.parse("smollm2")
+@pytest.mark.parametrize("spec, expected", [
+    ("base=smollm2", Candidate("base", "smollm2", None)),
+    ("tuned=smollm2:outputs/default/adapter", Candidate("tuned", "smollm2", "outputs/default/adapter")),
+    ("tuned = m.gguf:out/adapter", Candidate("tuned", "m.gguf", "out/adapter")),
+    (r"w=C:\models\m:D:\adapters\a", Candidate("w", r"C:\models\m", r"D:\adapters\a")),
+    ("w=C:/models/m:d:/adapters/a", Candidate("w", "C:/models/m", "d:/adapters/a")),
+    (r"w=C:\models\m", Candidate("w", r"C:\models\m", None)),
+    (r"w=HuggingFaceTB/SmolLM2-135M: C:\adapters\a", Candidate("w", "HuggingFaceTB/SmolLM2-135M", r"C:\adapters\a")),
+    ("w=./m:/abs/adapter", Candidate("w", "./m", "/abs/adapter")),
+    ("w=m:/abs/adapter", Candidate("w", "m:/abs/adapter", None)),  # a lone letter before ":/" is a drive
+    ("lr=1e-4=m.gguf:out/a", Candidate("lr", "1e-4=m.gguf", "out/a")),  # the name ends at the first '='
+])
+def test_candidate_spec_splits_at_the_colon_that_is_not_a_drive_letter(spec: str, expected: Candidate):
+    assert Candidate.parse(spec) == expected
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("smollm2", "candidate 'smollm2': expected NAME=MODEL or NAME=MODEL:ADAPTER_DIR, "
+                "e.g. base=smollm2 or tuned=smollm2:outputs/run/adapter"),
+    ("=smollm2", "candidate '=smollm2': the name before '=' is empty; expected NAME=MODEL"),
+    ("  =smollm2:out/a", "candidate '  =smollm2:out/a': the name before '=' is empty; expected NAME=MODEL"),
+    ("base=", "candidate 'base=': the model after '=' is empty; expected NAME=MODEL"),
+    ("tuned=:out/adapter", "candidate 'tuned=:out/adapter': the model after '=' is empty; expected NAME=MODEL"),
+    ("tuned=smollm2: ", "candidate 'tuned=smollm2: ': nothing after ':' where the adapter directory goes; "
+                        "expected NAME=MODEL"),
+    ("t=/runs/12:00/m:out/a", "candidate 't=/runs/12:00/m:out/a': more than one ':' could end the model path; "
+                              "for a path with ':' in it give that candidate with --model, --adapter and --name"),
+])
+def test_candidate_spec_errors_say_what_is_wrong(spec: str, message: str):
+    with pytest.raises(EvalError) as e:
+        Candidate.parse(spec)
+    assert str(e.value).startswith(message)
+
+
+def test_eval_command_reports_a_bad_candidate_spec_in_one_line(tmp_path, capsys):
+    from selfinstruct.cli import main
+
+    assert main(["eval", "--tasks", str(tmp_path / "unread.jsonl"), "--candidate", "=smollm2"]) == 2
+    assert capsys.readouterr().err == ("selfinstruct: error: candidate '=smollm2': the name before '=' is empty; "
+                                       "expected NAME=MODEL or NAME=MODEL:ADAPTER_DIR, e.g. base=smollm2 or "
+                                       "tuned=smollm2:outputs/run/adapter\n")
 
 
 # --------------------------------------------------------------------------- tiny real models

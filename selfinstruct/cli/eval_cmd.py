@@ -12,6 +12,8 @@ candidates:
   one model:    --model smollm2 [--adapter outputs/run/adapter] [--name tuned]
   several:      --candidate base=PATH/base.gguf --candidate tuned=PATH/base.gguf:outputs/run/adapter
   Each candidate is NAME=MODEL[:ADAPTER_DIR]; all are scored on the same tasks and land in one table.
+  A Windows drive letter is not a separator: w=C:\\models\\m:D:\\adapters\\a is model C:\\models\\m with
+  adapter D:\\adapters\\a. A path with any other ':' in it goes in --model/--adapter instead.
   --include OLD/eval.json puts earlier results (same task file) into the table without re-running them.
 
 prompting:
@@ -33,8 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="model spec: 'smollm2', a .gguf file, a HF directory or id")
     p.add_argument("--adapter", help="LoRA adapter directory for --model (written by finetune)")
     p.add_argument("--name", help="name of the --model candidate in the table (default: base / adapted)")
-    p.add_argument("--candidate", action="append", default=[], metavar="NAME=MODEL[:ADAPTER]",
-                   help="a candidate to compare (repeatable)")
+    p.add_argument("--candidate", action="append", default=[], metavar="NAME=MODEL[:ADAPTER_DIR]",
+                   help="a candidate to compare (repeatable): NAME=MODEL, or NAME=MODEL:ADAPTER_DIR with a LoRA "
+                   "adapter (e.g. tuned=smollm2:outputs/default/adapter); a drive letter (C:\\ or C:/) is not "
+                   "a separator, a path with any other ':' goes in --model/--adapter instead")
     p.add_argument("--include", action="append", default=[], metavar="EVAL_JSON",
                    help="add the results in an earlier eval.json to the table (same task file; repeatable)")
     p.add_argument("--out", default="outputs/eval", help="directory for eval.json and eval.md "
