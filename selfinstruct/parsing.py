@@ -53,9 +53,11 @@ class _Block:
 def unwrap_value(text: str, marks: tuple[str, ...] = ("**",), min_inner: int = 0) -> str:
     """`text` without the markdown emphasis (each of `marks`, in turn), then the quotes, that a
     model wrapped the whole of it in: '**"Name a prime."**' -> 'Name a prime.'. A mark pair
-    counts only around at least `min_inner` characters; quotes only when there are just two."""
+    counts only around at least `min_inner` characters with no mark inside ("**a** and **b**"
+    is two emphases, not one); quotes only when there are just two."""
     for mark in marks:
-        if len(text) >= 2 * len(mark) + min_inner and text.startswith(mark) and text.endswith(mark):
+        if (len(text) >= 2 * len(mark) + min_inner and text.startswith(mark) and text.endswith(mark)
+                and mark not in text[len(mark):-len(mark)]):
             text = text[len(mark):-len(mark)].strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`" and text.count(text[0]) == 2:
         text = text[1:-1].strip()

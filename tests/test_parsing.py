@@ -268,7 +268,7 @@ def test_a_model_that_labels_tasks_instructions_still_splits_them() -> None:
     ("**__Both.__**", ("**", "__"), 0, "Both."),
     ("`code`", ("**",), 0, "code"),
     ('"a" and "b"', ("**",), 0, '"a" and "b"'),  # quotes inside the value, not around it
-    ("**bold** and **bold**", ("**",), 0, "bold** and **bold"),  # a quirk, kept: the two ends count as a pair
+    ("**bold** and **bold**", ("**",), 0, "**bold** and **bold**"),  # two emphases, not one wrapping
     ("****", ("**",), 0, ""),  # the reply parser: a bare pair wraps nothing
     ("****", ("**",), 1, "****"),  # the instruction-list parser keeps it
 ])
