@@ -174,6 +174,14 @@ def test_empty_output(output: str, kept: bool) -> None:
         KEEP if kept else drop("empty_output"))
 
 
+@pytest.mark.parametrize("output, kept", [("<noinput>", False), (" <No Input> ", False), ("<nooutput>", False),
+                                          ("None", True), ("N/A", True), ("<noinput> is the marker", True)])
+def test_a_copied_no_input_marker_is_no_output(output: str, kept: bool) -> None:
+    # A base model copies "Input: <noinput>" into the output slot; "None" can be a real answer.
+    got = EmptyOutputFilter().check(cand("Name a prime below three.", output=output))
+    assert got == (KEEP if kept else drop("empty_output", placeholder=output.strip()))
+
+
 # --------------------------------------------------------------------------- the chain
 
 def test_chain_order_and_first_drop_wins() -> None:

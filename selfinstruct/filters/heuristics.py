@@ -77,9 +77,22 @@ class LeadingCharFilter:
         return KEEP
 
 
+# Placeholders a model copies from the prompt format into the output slot. Words like
+# "None" or "N/A" are left alone: they can be a task's true answer.
+_PLACEHOLDER_OUTPUTS = {"<noinput>", "<no input>", "<nooutput>", "<no output>", "<empty>"}
+
+
 @dataclass(slots=True)
 class EmptyOutputFilter:
+    """Drops a candidate with no output, or only the prompt format's no-input marker as
+    its output (a base model's copy of the Input line, seen in a third of its tasks)."""
+
     name: str = "empty_output"
 
     def check(self, c: Candidate) -> Verdict:
-        return KEEP if c.output.strip() else drop("empty_output")
+        out = c.output.strip()
+        if not out:
+            return drop("empty_output")
+        if out.lower() in _PLACEHOLDER_OUTPUTS:
+            return drop("empty_output", placeholder=out)
+        return KEEP
