@@ -185,6 +185,17 @@ def test_runs_in_one_process_keep_their_own_logs(pipeline: Path) -> None:
     assert "outputs/first" in first and "outputs/second" not in first
 
 
+def test_run_log_gets_info_where_logging_was_configured_before(pipeline: Path) -> None:
+    # As in a notebook or a host program: the root logger has a handler and level WARNING,
+    # so logging.basicConfig in the CLI does nothing.
+    root = logging.getLogger()
+    root.setLevel(logging.WARNING)
+    assert root.handlers
+    assert main(["run", str(pipeline)]) == 0
+    log = (pipeline.parent / "outputs" / "tiny" / "run.log").read_text(encoding="utf-8")
+    assert " INFO selfinstruct.cli.run_cmd: starting " in log
+
+
 def test_export_subcommand_writes_alpaca_records(pipeline: Path, tmp_path: Path, capsys) -> None:
     assert main(["run", str(pipeline)]) == 0
     out = tmp_path / "alpaca.jsonl"

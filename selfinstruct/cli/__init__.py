@@ -20,8 +20,13 @@ class CliError(Exception):
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # basicConfig does nothing where logging is already set up (a notebook, a host program,
+    # pytest), which left the root at WARNING and run.log with warnings only: our own
+    # loggers pass INFO on regardless.
+    logging.getLogger("selfinstruct").setLevel(level)
     for noisy in ("httpx", "httpcore", "httpx2", "httpcore2", "openai", "urllib3", "filelock", "datasets", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
