@@ -17,18 +17,19 @@ LCS on the survivors:
 1. Probe the query's distinct tokens rarest first. A probed list adds the query's count
    of that token to each of its items' ``hits``. With ``U`` query tokens not probed yet,
    an item's LCS is at most ``min(hits + U, its length, the query's length)``, and an item
-   not seen yet has LCS at most ``U``, so its score is at most F(U, U, lc): once that
-   cannot beat the bar, probing stops. The common tokens, whose lists are longest, are
-   the ones never read.
-2. Verify seen items, most hits first (a counting sort): LCS by Hyyrö's bit-parallel
-   algorithm against the query's per-token position masks, one 64-bit word per 64 query
-   tokens, then rouge-score's float F. A hits level whose bound cannot beat the bar ends
-   the pass.
-3. A top-k query has no bar until it holds k scores: its first probing stops where an
-   exceed query's would (the threshold), the verification sets a bar (the k-th score),
-   and it then probes one more token at a time, verifying only the newly seen items
-   (bounds never rise and the bar never falls, so an item rejected once stays rejected),
-   until unseen items cannot reach the bar.
+   not seen yet has LCS at most ``U``, so its score is at most F(U, U, lc). Probing first
+   goes until that cannot exceed the threshold. An item met for the first time whose
+   length rules it out even with LCS ``U`` is not recorded at all (its bound only falls).
+2. Verify a head of the most-hit items (a counting sort by hits): LCS by Hyyrö's
+   bit-parallel algorithm against the query's per-token position masks, one 64-bit word
+   per 64 query tokens, then rouge-score's float F. This gives a top-k query its bar (the
+   k-th score) and lets an exceed query stop at a near-duplicate.
+3. Probe on while an unseen item could still beat the bar, or while reading the next list
+   costs less than verifying the items its looser bound would leave. The common tokens,
+   whose lists are longest, are the ones left unread.
+4. Verify every seen item whose bound can beat the bar, most hits first; a hits level
+   whose bound cannot beat it ends the pass. The bar only rises and bounds only fall, so
+   an item ruled out once stays out.
 
 Scores are compared as rouge-score's own float expression (`rouge_f`): for fixed lengths
 the float is non-decreasing in the LCS, and distinct fractions 2L/(a+b) with a, b below
