@@ -11,8 +11,8 @@ it. That matters at the threshold: with 20*lcs == 7*(len_a + len_b) the true sco
 exactly 0.7, yet lengths 8 and 12 with lcs 7 give 0.7000000000000001 (> 0.7: rejected)
 while 10 and 10 with lcs 7 give 0.7 (kept). So every decision here evaluates rouge-score's
 own expression, operation for operation, and compares with ``>``: IEEE-754 division,
-multiplication and addition are correctly rounded, so Python floats and numpy float64
-arrays give bit-identical results.
+multiplication and addition are correctly rounded, so Python floats and the compiled
+kernels' float64 (numba, without fast-math) give bit-identical results.
 
 The expression is symmetric: swapping target and prediction swaps precision and recall,
 and ``2*p*r`` = ``(2*p)*r`` (2*p is exact) and ``p + r`` are commutative, so
@@ -26,9 +26,8 @@ is <= threshold" proves that no LCS up to the bound can exceed the threshold.
 
 from __future__ import annotations
 
-import numpy as np
 
-__all__ = ["rouge_l_f", "rouge_l_f_array"]
+__all__ = ["rouge_l_f"]
 
 
 def rouge_l_f(lcs: int, len_target: int, len_prediction: int) -> float:
@@ -38,17 +37,3 @@ def rouge_l_f(lcs: int, len_target: int, len_prediction: int) -> float:
     precision = lcs / len_prediction
     recall = lcs / len_target
     return 2 * precision * recall / (precision + recall)
-
-
-def rouge_l_f_array(lcs: np.ndarray, len_target: np.ndarray, len_prediction: int) -> np.ndarray:
-    """Vectorised `rouge_l_f` (float64), bit-identical to it element by element.
-
-    ``len_prediction`` is the candidate's token count (> 0); ``len_target`` holds the pool
-    items' token counts (> 0 wherever ``lcs`` > 0).
-    """
-    lcs_f = lcs.astype(np.float64)
-    precision = lcs_f / float(len_prediction)
-    recall = np.divide(lcs_f, len_target, out=np.zeros_like(lcs_f), where=lcs_f > 0)
-    denom = precision + recall
-    # Same operation order as rouge-score: (2 * p) * r, then / (p + r).
-    return np.divide(2 * precision * recall, denom, out=np.zeros_like(lcs_f), where=denom > 0)
