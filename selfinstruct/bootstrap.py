@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from .backends.base import GenerationParams, LMBackend, Reply, Request
 from .config import ConfigError, PipelineConfig
 from .filters import build_filters, run_filters
-from .jsonl import JsonlAppender
+from .jsonl import JsonlAppender, read_jsonl, rewrite_jsonl
 from .parsing import parse_reply
 from .pool import TaskPool
 from .prompts import AlpacaPromptBuilder, sample_tasks
@@ -177,18 +178,41 @@ class Bootstrapper:
         s.next_request_id = max(s.next_request_id, self._processed_max + 1)
         if callable(getattr(self.backend, "annotate_stats", None)):  # e.g. a remote backend's retries, cost
             self.backend.annotate_stats(s)
-        self.pool.flush()  # tasks become durable first; stats may lag them, never lead
+        # Rejects, then tasks, then stats: a kill between them leaves reject lines of
+        # requests that the resumed run issues again (dropped by `settle_rejects`), never
+        # a missing one; stats may lag the tasks, never lead them.
         if self.rejects is not None:
             self.rejects.flush()
+        self.pool.flush()
         if self.run_dir is not None:
             s.save(self.run_dir.stats)
         if self.on_progress is not None:
             self.on_progress(s, self.cfg.generation.target)
 
+    def settle_rejects(self) -> None:
+        """Before a run starts or resumes: drop the reject lines of requests it will issue
+        again (left by a kill between the rejects' flush and the stats'), and count the
+        drops from the file, which is their record. (The three-step method numbers its
+        requests per step and orders its flushes around its step log instead.)"""
+        if self.rejects is None:
+            return
+        path = self.rejects.path
+        first_again = self.stats.next_request_id
+        records = list(read_jsonl(path))
+        kept = [r for r in records if r.get("request_id", -1) < first_again]
+        if len(kept) < len(records):
+            self.rejects.close()
+            rewrite_jsonl(path, kept)
+            self.rejects = JsonlAppender(path)
+            log.info("dropped %d reject lines of requests from %d on, which this run issues again",
+                     len(records) - len(kept), first_again)
+        self.stats.dropped = Counter(r.get("reason", "unknown") for r in kept)
+
     # ----------------------------------------------------------------------- the loop
 
     def run(self) -> RunStats:
         g = self.cfg.generation
+        self.settle_rejects()
         self._processed_max = self.stats.next_request_id - 1
         log.info("bootstrapping with %s (%s prompts) toward %d machine tasks; %d already in the pool",
                  self.backend.name, self.style, g.target, self.pool.machine_count)

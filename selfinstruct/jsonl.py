@@ -124,6 +124,17 @@ class JsonlAppender:
             self._f.close()
 
 
+def rewrite_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    """Replace a JSONL file with `records` in one step (for a repair on open, never while
+    an appender holds the file)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Replace `path` in one step, so a reader (or a crash) never sees half a file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
