@@ -67,8 +67,13 @@ def iter_records(path: Path, *, torn_tail: Literal["raise", "skip"] = "raise", h
     process is in the middle of writing it) is logged and skipped instead. A file this
     process owns is mended with `repair_tail` before reading, and read with "raise".
     """
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:  # decoded line by line, so bad UTF-8 is named by its line
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise error(f"{line_ref(path, lineno)}: not valid UTF-8 (byte {e.start + 1} of the line); "
+                            f"save the file as UTF-8{hint}") from e
             if not line.strip():
                 continue
             try:

@@ -526,3 +526,11 @@ def test_kill_inside_a_round_flush_then_resume_keeps_each_reject_once(tmp_path: 
     assert (pool, rejects, counters["dropped"]) == (want_pool, want_rejects, want_counters["dropped"])
     if name == "flush":  # the stats of the killed round never got out: it is replayed whole
         assert counters == want_counters
+
+
+def test_invalid_utf8_is_named_by_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"b": "caf\xe9"}\n')
+    with pytest.raises(JsonlFormatError, match=r"tasks.jsonl line 2: not valid UTF-8 \(byte 11 of the line\); "
+                                                r"save the file as UTF-8"):
+        list(iter_records(path))
