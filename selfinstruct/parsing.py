@@ -65,7 +65,8 @@ def unwrap_value(text: str, marks: tuple[str, ...] = ("**",), min_inner: int = 0
 
 
 def _clean(lines: list[str]) -> str:
-    return unwrap_value("\n".join(lines).strip())
+    # min_inner=1: a bare "****" (a masked password, say) is a value, not an empty emphasis.
+    return unwrap_value("\n".join(lines).strip(), min_inner=1)
 
 
 def _split_blocks(text: str) -> list[_Block]:

@@ -269,9 +269,14 @@ def test_a_model_that_labels_tasks_instructions_still_splits_them() -> None:
     ("`code`", ("**",), 0, "code"),
     ('"a" and "b"', ("**",), 0, '"a" and "b"'),  # quotes inside the value, not around it
     ("**bold** and **bold**", ("**",), 0, "**bold** and **bold**"),  # two emphases, not one wrapping
-    ("****", ("**",), 0, ""),  # the reply parser: a bare pair wraps nothing
-    ("****", ("**",), 1, "****"),  # the instruction-list parser keeps it
+    ("****", ("**",), 0, ""),  # with min_inner=0 a bare pair wraps nothing
+    ("****", ("**",), 1, "****"),  # both parsers use 1: a masked value is kept
 ])
 def test_unwrap_value_is_shared_by_both_parsers(text: str, marks: tuple[str, ...], min_inner: int,
                                                 unwrapped: str) -> None:
     assert parsing.unwrap_value(text, marks, min_inner) == unwrapped
+
+
+def test_a_masked_output_is_kept() -> None:
+    assert triples("**Instruction:** Mask the password hunter2.\n**Output:** ****") == [
+        ("Mask the password hunter2.", "", "****")]
