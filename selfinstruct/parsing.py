@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .records import Candidate, Rejection
 
@@ -119,23 +120,34 @@ def _split_blocks(text: str) -> list[_Block]:
     return blocks
 
 
+def parse_guarded(text: str, fill: Callable[[ParseResult], None]) -> ParseResult:
+    """Run a parser body that fills a `ParseResult`, with the guarantees every reply parser
+    gives: a reply that yields nothing is reported as `no_task_found`, and an exception
+    inside becomes a `parser_error` rejection (a reply must never crash a run)."""
+    result = ParseResult()
+    try:
+        fill(result)
+        if not result.candidates and not result.rejections:
+            result.rejections.append(Rejection("no_task_found", "parse", raw=text or ""))
+    except Exception as e:
+        result.candidates.clear()
+        result.rejections = [Rejection("parser_error", "parse", raw=text or "", detail={"error": repr(e)})]
+    return result
+
+
 def parse_reply(text: str, finish_reason: str = "stop", prefix: str = "") -> ParseResult:
     """Parse one reply. `prefix` is text the prompt ended with on the reply's behalf
     (plain prompts end with "Instruction:"), so the first block reads whole."""
-    result = ParseResult()
-    try:
+
+    def fill(result: ParseResult) -> None:
         blocks = [b for b in _split_blocks(prefix + (text or "")) if b.fields or b.raw()]
         if finish_reason == "length" and blocks:
             last = blocks.pop()
             result.rejections.append(Rejection("truncated", "parse", raw=last.raw()))
         for block in blocks:
             _parse_block(block, result)
-        if not result.candidates and not result.rejections:
-            result.rejections.append(Rejection("no_task_found", "parse", raw=text or ""))
-    except Exception as e:  # a reply must never crash a run
-        result.candidates.clear()
-        result.rejections = [Rejection("parser_error", "parse", raw=text or "", detail={"error": repr(e)})]
-    return result
+
+    return parse_guarded(text, fill)
 
 
 def _parse_block(block: _Block, result: ParseResult) -> None:

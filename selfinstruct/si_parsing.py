@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from .parsing import ParseResult, unwrap_value
+from .parsing import ParseResult, parse_guarded, unwrap_value
 from .records import Candidate, Rejection
 
 _ITEM = re.compile(r"^\s*(?:[#>*_]+\s*)?(?:task\s*#?\s*)?(\d{1,3})\s*(?:\*\*|__)?\s*[:.)\-]\s*(?:\*\*|__)?\s*(.*)$",
@@ -39,8 +39,8 @@ def _clean_instruction(lines: list[str]) -> str:
 def parse_instruction_list(text: str, finish_reason: str = "stop", prefix: str = "") -> ParseResult:
     """Candidates (instruction only) from a numbered-list reply. `prefix` is the header the
     prompt ended with on the reply's behalf ("Task 9:"), so the first item reads whole."""
-    result = ParseResult()
-    try:
+
+    def fill(result: ParseResult) -> None:
         items: list[list[str]] = []
         open_item = False
         for line in (prefix + (text or "")).splitlines():
@@ -65,12 +65,8 @@ def parse_instruction_list(text: str, finish_reason: str = "stop", prefix: str =
                 result.rejections.append(Rejection("empty_instruction", "parse", raw=raw))
             else:
                 result.candidates.append(Candidate(instruction, raw=raw))
-        if not result.candidates and not result.rejections:
-            result.rejections.append(Rejection("no_task_found", "parse", raw=text or ""))
-    except Exception as e:  # a reply must never crash a run
-        result.candidates.clear()
-        result.rejections = [Rejection("parser_error", "parse", raw=text or "", detail={"error": repr(e)})]
-    return result
+
+    return parse_guarded(text, fill)
 
 
 def parse_yes_no(text: str) -> bool | None:
