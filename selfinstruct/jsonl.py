@@ -129,22 +129,22 @@ class JsonlAppender:
             self._f.close()
 
 
+def _replace_with(path: Path, text: str) -> None:
+    """Replace `path` by `text` in one step, so a reader (or a crash) never sees half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def rewrite_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     """Replace a JSONL file with `records` in one step (for a repair on open, never while
     an appender holds the file)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _replace_with(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Replace `path` in one step, so a reader (or a crash) never sees half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Replace `path` with `data` as indented JSON, in one step."""
+    _replace_with(path, json.dumps(data, indent=2, ensure_ascii=False, default=str))
